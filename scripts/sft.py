@@ -1,0 +1,150 @@
+#!/usr/bin/env python
+"""QLoRA supervised fine-tuning on DialogSum with TRL's SFTTrainer.
+
+    accelerate launch scripts/sft.py recipes/dialogsum.yaml [--key value ...]
+    python scripts/sft.py recipes/smollm2-135m.yaml --dry_run
+"""
+
+import json
+import logging
+import os
+import sys
+
+import yaml
+from trl import get_peft_config, get_quantization_config
+
+from dialogsum_sft import artifacts
+from dialogsum_sft.configs import parse_recipe
+from dialogsum_sft.data import fit_to_max_length, format_report, load_dialogsum, to_prompt_completion
+from dialogsum_sft.errors import UnreachableError, run_cli
+from dialogsum_sft.model import (
+    base_model_hub_id,
+    check_attention_for_packing,
+    check_gpu,
+    explain_load_error,
+    load_tokenizer,
+    stop_token_ids,
+)
+from dialogsum_sft.runinfo import run_info
+from dialogsum_sft.trainer import QLoRASFTTrainer
+
+
+logger = logging.getLogger("sft")
+
+
+def main(argv=None):
+    script_args, training_args, model_args, recipe = parse_recipe(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+
+    ###################
+    # 1. Checks that need no weights
+    ###################
+    hub_id = base_model_hub_id(model_args)
+    check_attention_for_packing(training_args, model_args)
+    if not script_args.dry_run:
+        check_gpu(script_args.require_gpu)
+        artifacts.check_output_dir(training_args.output_dir)
+    notes = []
+
+    ###################
+    # 2. Data and tokenizer
+    ###################
+    splits = [script_args.dataset_train_split]
+    if training_args.eval_strategy != "no":
+        splits.append(script_args.dataset_test_split)
+    try:
+        dataset = load_dialogsum(script_args.dataset_name, tuple(splits))
+        tokenizer = load_tokenizer(model_args.model_name_or_path, model_args.model_revision,
+                                   training_args.trust_remote_code)
+    except UnreachableError as err:
+        if not script_args.dry_run:
+            raise
+        notes.append(f"note: {err}")
+        dataset = tokenizer = None
+    limits = {script_args.dataset_train_split: script_args.max_train_samples,
+              script_args.dataset_test_split: script_args.max_eval_samples}
+    reports = {}
+    if dataset is not None and tokenizer is not None:
+        for split in splits:
+            rows = dataset[split]
+            if limits[split] is not None:
+                rows = rows.select(range(min(limits[split], len(rows))))
+            rows, reports[split] = fit_to_max_length(rows, tokenizer, training_args.max_length, split)
+            dataset[split] = rows.map(to_prompt_completion, remove_columns=rows.column_names)
+
+    if script_args.dry_run:
+        print(yaml.safe_dump({"recipe": recipe, "base_model_hub_id": hub_id}, sort_keys=False).rstrip())
+        for split, report in reports.items():
+            print(format_report(split, report, training_args.max_length))
+        print("\n".join(notes) or "dry run: recipe, data and tokenizer are valid; no weights were loaded")
+        return
+    for split, report in reports.items():
+        logger.info(format_report(split, report, training_args.max_length))
+
+    ###################
+    # 3. Model and trainer (TRL loads the 4-bit base and wraps it with LoRA)
+    ###################
+    training_args.model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+        **(training_args.model_init_kwargs or {}),
+    }
+    if training_args.distributed_state.distributed_type != "NO":
+        # TRL clears device_map only for DDP and DeepSpeed; under FSDP its "auto" would spread each rank's 4-bit
+        # model over every GPU. None lets bitsandbytes place it on the rank's own device.
+        training_args.model_init_kwargs["device_map"] = None
+    try:
+        trainer = QLoRASFTTrainer(
+            model=model_args.model_name_or_path,
+            args=training_args,
+            train_dataset=dataset[script_args.dataset_train_split],
+            eval_dataset=dataset[script_args.dataset_test_split] if training_args.eval_strategy != "no" else None,
+            processing_class=tokenizer,
+            quantization_config=get_quantization_config(model_args),
+            peft_config=get_peft_config(model_args),
+        )
+    except Exception as err:
+        raise explain_load_error(err, model_args.model_name_or_path) from err
+
+    ###################
+    # 4. Train, resuming from the last complete checkpoint of an interrupted run
+    ###################
+    checkpoint = training_args.resume_from_checkpoint or artifacts.last_complete_checkpoint(training_args.output_dir)
+    if checkpoint:
+        logger.info(f"resuming from {checkpoint}")
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    metrics = {**train_result.metrics, "train_samples": len(dataset[script_args.dataset_train_split])}
+    if trainer.eval_dataset is not None:
+        metrics.update(trainer.evaluate())
+
+    ###################
+    # 5. Save adapter, tokenizer, stop tokens, recipe and metrics; all or nothing
+    ###################
+    staging = os.path.join(training_args.output_dir, artifacts.STAGING_DIR)
+    if trainer.is_world_process_zero():
+        artifacts.reset_dir(staging)
+    trainer.accelerator.wait_for_everyone()
+    trainer.model.peft_config["default"].base_model_name_or_path = hub_id  # a local path is useless on the Hub
+    trainer.save_model(staging)  # every rank joins: ZeRO-3 gathers the adapter here
+    if trainer.is_world_process_zero():
+        artifacts.verify_adapter(staging)
+        generation_config = trainer.model.generation_config
+        generation_config.eos_token_id = stop_token_ids(tokenizer, generation_config)
+        generation_config.pad_token_id = tokenizer.pad_token_id
+        generation_config.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        trainer.state.save_to_json(os.path.join(staging, "trainer_state.json"))
+        with open(os.path.join(staging, "recipe.yaml"), "w", encoding="utf-8") as handle:
+            yaml.safe_dump(recipe, handle, sort_keys=False)
+        results = {"metrics": metrics, "data": reports, "base_model_hub_id": hub_id, **run_info()}
+        with open(os.path.join(staging, artifacts.FINISHED_MARKER), "w", encoding="utf-8") as handle:
+            json.dump(results, handle, indent=2)
+        artifacts.publish_staged(training_args.output_dir)
+        logger.info(f"adapter saved to {training_args.output_dir}: {json.dumps(metrics)}")
+    trainer.accelerator.wait_for_everyone()
+    trainer.end()
+
+
+if __name__ == "__main__":
+    run_cli(main)

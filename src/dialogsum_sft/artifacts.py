@@ -1,0 +1,84 @@
+"""The training output directory: resuming from complete checkpoints, and a final save that is all or nothing.
+
+A run is finished when `train_results.json` is in the output directory. Everything the run publishes is first
+written to a hidden staging folder and moved into place with `train_results.json` last, so a crash never leaves a
+directory that looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+from .errors import RecipeError
+
+
+FINISHED_MARKER = "train_results.json"
+STAGING_DIR = ".incomplete"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def is_finished_run(output_dir: str) -> bool:
+    return os.path.isfile(os.path.join(output_dir, FINISHED_MARKER))
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest checkpoint-N whose trainer state was fully written (the Trainer writes it last)."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    if not os.path.isdir(output_dir):
+        return None
+    steps = []
+    for name in os.listdir(output_dir):
+        prefix, _, step = name.partition("-")
+        if prefix == PREFIX_CHECKPOINT_DIR and step.isdigit():
+            steps.append(int(step))
+    for step in sorted(steps, reverse=True):
+        checkpoint = os.path.join(output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
+        try:
+            with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as handle:
+                json.load(handle)
+        except (OSError, ValueError):
+            continue  # killed while this checkpoint was being written
+        if os.path.isfile(os.path.join(checkpoint, ADAPTER_WEIGHTS)):
+            return checkpoint
+    return None
+
+
+def check_output_dir(output_dir: str) -> None:
+    if is_finished_run(output_dir):
+        raise RecipeError(
+            f"{output_dir} already holds a finished run ({FINISHED_MARKER}); pass another --output_dir or delete it"
+        )
+
+
+def verify_adapter(folder: str) -> int:
+    """Fail if the saved adapter is empty (ZeRO-3 + PEFT can save zero-size tensors); return its tensor count."""
+    from safetensors import safe_open
+
+    path = os.path.join(folder, ADAPTER_WEIGHTS)
+    with safe_open(path, framework="pt") as handle:
+        names = list(handle.keys())
+        empty = [name for name in names if 0 in handle.get_slice(name).get_shape()]
+    if not names or empty:
+        raise RuntimeError(f"{path} is incomplete: {len(names)} tensors, {len(empty)} empty ({empty[:3]})")
+    return len(names)
+
+
+def reset_dir(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+
+
+def publish_staged(output_dir: str) -> None:
+    """Move the staged files into output_dir, the finished marker last."""
+    staged = os.path.join(output_dir, STAGING_DIR)
+    names = sorted(os.listdir(staged), key=lambda name: name == FINISHED_MARKER)
+    for name in names:
+        target = os.path.join(output_dir, name)
+        if os.path.isdir(target) and not os.path.islink(target):
+            shutil.rmtree(target)
+        os.replace(os.path.join(staged, name), target)
+    os.rmdir(staged)

@@ -1,0 +1,211 @@
+"""Recipes: YAML files that fill dataclasses subclassing TRL's, with command-line overrides.
+
+`scripts/sft.py recipes/x.yaml --learning_rate 1e-4` works like TRL's `--config recipes/x.yaml`, and a key
+that no dataclass knows (in the YAML or on the command line) fails at once, naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import trl
+import yaml
+
+from .data import DATASET_HUB_ID
+from .errors import RecipeError
+
+
+# Keys that must never be written to disk or printed.
+SECRET_KEYS = ("hub_token",)
+
+
+@dataclass
+class ScriptArguments(trl.ScriptArguments):
+    dataset_name: str | None = field(
+        default=DATASET_HUB_ID,
+        metadata={"help": "DialogSum as a Hub id, or a local directory holding {train,validation,test}.jsonl."},
+    )
+    dataset_test_split: str = field(default="validation", metadata={"help": "Split used for eval loss."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first N training rows (smoke tests, demos)."}
+    )
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N eval rows."})
+    dry_run: bool = field(
+        default=False,
+        metadata={"help": "Validate the recipe, print the configuration and data statistics, load no weights."},
+    )
+    require_gpu: bool = field(
+        default=False, metadata={"help": "Fail early when no CUDA GPU is visible (recipes sized for a GPU)."}
+    )
+
+
+@dataclass
+class ModelConfig(trl.ModelConfig):
+    base_model_hub_id: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub id written into the adapter as its base model when `model_name_or_path` is a local "
+            "directory (a local path is useless to anyone who downloads the adapter)."
+        },
+    )
+
+
+@dataclass
+class SFTConfig(trl.SFTConfig):
+    """TRL's SFTConfig; kept as our own type so recipe-level defaults have one home."""
+
+
+DATACLASSES = (ScriptArguments, SFTConfig, ModelConfig)
+
+
+class RecipeParser(trl.TrlParser):
+    """TrlParser with a positional recipe path, typo suggestions, type checks and one-line errors."""
+
+    def __init__(self):
+        super().__init__(DATACLASSES)
+
+    def error(self, message):  # argparse calls this instead of raising; we want one line, not usage + exit
+        raise RecipeError(message)
+
+    def known_keys(self) -> list[str]:
+        return [action.dest for action in self._actions if action.dest != "help"]
+
+    def _unknown_key_error(self, key: str, where: str) -> RecipeError:
+        close = difflib.get_close_matches(key, self.known_keys(), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return RecipeError(f"unknown key '{key}' {where}{hint}")
+
+    def _check_types(self, config: dict[str, Any], path: str) -> None:
+        actions = {action.dest: action for action in self._actions}
+        for key, value in config.items():
+            action = actions[key]
+            if action.choices is not None and value not in action.choices:
+                choices = ", ".join(map(str, action.choices))
+                raise RecipeError(f"key '{key}' in {path} must be one of {choices}; got {value!r}")
+            expected = action.type
+            if expected not in (int, float) or value is None:
+                continue
+            # argparse converts string defaults (PyYAML reads `1e-4` as a string), but passes other YAML values
+            # through unchecked, so a float where an int belongs would reach the trainer.
+            try:
+                ok = not isinstance(value, bool) and (
+                    isinstance(value, str) and expected(value) is not None
+                    or isinstance(value, int)
+                    or (expected is float and isinstance(value, float))
+                )
+            except ValueError:
+                ok = False
+            if not ok:
+                raise RecipeError(f"key '{key}' in {path} must be {expected.__name__}; got {value!r}")
+
+    def parse(self, argv: list[str]) -> tuple[ScriptArguments, SFTConfig, ModelConfig, dict[str, Any]]:
+        """Parse a recipe and overrides; the last item is the resolved recipe (see `resolved_recipe`)."""
+        argv = list(argv)
+        config: dict[str, Any] = {}
+        if argv and not argv[0].startswith("-"):
+            argv = ["--config", *argv]  # positional recipe: `sft.py recipes/x.yaml ...`
+        if "--config" in argv:
+            index = argv.index("--config")
+            if index + 1 >= len(argv):
+                raise RecipeError("--config needs a recipe path")
+            path = argv.pop(index + 1)
+            argv.pop(index)
+            config = load_recipe_file(path)
+            for key in config:
+                if key not in self.known_keys() and key != "env":
+                    raise self._unknown_key_error(key, f"in {path}")
+            self._check_types({k: v for k, v in config.items() if k != "env"}, path)
+            for key, value in config.pop("env", {}).items():
+                os.environ[key] = str(value)
+            self.set_defaults_with_config(**config)
+        _, remaining = self.parse_known_args(argv)  # before the dataclasses' own checks can fail first
+        if remaining:
+            key = next((arg for arg in remaining if arg.startswith("--")), remaining[0])
+            raise self._unknown_key_error(key.lstrip("-").split("=")[0], "on the command line")
+        try:
+            parsed = self.parse_args_into_dataclasses(args=argv)
+        except (TypeError, ValueError) as err:  # raised by the dataclasses' __post_init__ checks
+            message = str(err).splitlines()[0]
+            if "bf16/gpu" in message:
+                message = "bf16: true needs a GPU with bf16 support; to train on the CPU pass --use_cpu true"
+            raise RecipeError(message) from err
+        script_args, training_args, model_args = parsed
+        validate(script_args, training_args, model_args)
+        dest_of = {option: action.dest for action in self._actions for option in action.option_strings}
+        cli_keys = [dest_of[arg.split("=")[0]] for arg in argv if arg.split("=")[0] in dest_of]
+        keys = list(dict.fromkeys([*config, *cli_keys]))
+        return script_args, training_args, model_args, resolved_recipe(keys, *parsed)
+
+
+def load_recipe_file(path: str) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        raise RecipeError(f"recipe file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            config = yaml.safe_load(handle)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise RecipeError(f"{path} is not valid YAML{where}: {problem}") from err
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"{path} is not UTF-8 text: {err.reason} at byte {err.start}") from err
+    if not isinstance(config, dict):
+        raise RecipeError(f"{path} must be a YAML mapping of keys to values")
+    return config
+
+
+def validate(script_args: ScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> None:
+    if not model_args.model_name_or_path:
+        raise RecipeError("model_name_or_path is not set: name a Hub id or a local model directory")
+    if not model_args.use_peft:
+        raise RecipeError("this project trains LoRA adapters: set use_peft: true")
+    if training_args.push_to_hub:
+        raise RecipeError(
+            "training does not push: run scripts/evaluate.py --push_to_hub after training "
+            "(it evaluates first and writes the model card)"
+        )
+    if training_args.assistant_only_loss:
+        raise RecipeError(
+            "assistant_only_loss needs {% generation %} markers most chat templates lack; the data is "
+            "prompt/completion, so the loss already covers only the summary (leave assistant_only_loss unset)"
+        )
+    for name in ("max_train_samples", "max_eval_samples"):
+        value = getattr(script_args, name)
+        if value is not None and value < 1:
+            raise RecipeError(f"{name} must be at least 1; got {value}")
+
+
+def resolved_recipe(keys: list[str], *configs) -> dict[str, Any]:
+    """The recipe as it ran: every key the YAML or command line set, with its parsed value, secrets removed."""
+    values = {}
+    for key in keys:
+        if key in SECRET_KEYS:
+            continue
+        owner = next(config for config in configs if hasattr(config, key))
+        values[key] = _plain(getattr(owner, key))
+    return values
+
+
+def _plain(value: Any) -> Any:
+    """YAML-safe form of a config value (enums, dtypes and dataclasses become strings or dicts)."""
+    if isinstance(value, enum.Enum):
+        return _plain(value.value)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(value):
+        return _plain(dataclasses.asdict(value))
+    return str(value)
+
+
+def parse_recipe(argv: list[str]) -> tuple[ScriptArguments, SFTConfig, ModelConfig, dict[str, Any]]:
+    return RecipeParser().parse(argv)

@@ -1,0 +1,234 @@
+"""DialogSum loading, validation and formatting.
+
+This module owns every string that reaches the model: training, evaluation and inference all build their
+prompts with `build_prompt`, so the three can never drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from .errors import DataError, UnreachableError
+
+
+DATASET_HUB_ID = "knkarthick/dialogsum"
+SPLITS = ("train", "validation", "test")
+REQUIRED_COLUMNS = ("id", "dialogue", "summary")
+
+SYSTEM_PROMPT = "You are a helpful assistant that writes short, faithful summaries of dialogues."
+INSTRUCTION = (
+    "Summarize the following dialogue in one to three sentences. "
+    "Refer to the speakers by their tags, such as #Person1# and #Person2#."
+)
+# Llama 3.x templates stamp "Today Date" into the system turn; pinning it keeps tokens identical across days.
+# Templates that do not use the variable ignore it.
+CHAT_TEMPLATE_KWARGS = {"date_string": "26 Jul 2024"}
+
+
+def build_prompt(dialogue: str) -> list[dict[str, str]]:
+    """The conversational prompt (system + user turn) for one dialogue."""
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": f"{INSTRUCTION}\n\n{dialogue.strip()}"},
+    ]
+
+
+def build_completion(summary: str) -> list[dict[str, str]]:
+    return [{"role": "assistant", "content": summary.strip()}]
+
+
+def to_prompt_completion(row: dict) -> dict:
+    """One DialogSum row as TRL conversational prompt/completion data (loss on the completion only)."""
+    return {
+        "prompt": build_prompt(row["dialogue"]),
+        "completion": build_completion(row["summary"]),
+        "chat_template_kwargs": CHAT_TEMPLATE_KWARGS,
+    }
+
+
+def render_prompt(tokenizer, dialogue: str) -> str:
+    """The exact text the model sees before it writes a summary (generation prompt included)."""
+    return tokenizer.apply_chat_template(
+        build_prompt(dialogue), tokenize=False, add_generation_prompt=True, **CHAT_TEMPLATE_KWARGS
+    )
+
+
+def load_dialogsum(name_or_dir: str, splits: tuple[str, ...] = SPLITS, token: str | None = None):
+    """DialogSum as a DatasetDict, from a local directory of `<split>.jsonl` files or from the Hub."""
+    from datasets import DatasetDict, load_dataset
+
+    if os.path.isdir(name_or_dir):
+        files = {split: os.path.join(name_or_dir, f"{split}.jsonl") for split in splits}
+        missing = [path for path in files.values() if not os.path.isfile(path)]
+        if missing:
+            raise DataError(f"{name_or_dir} has no {', '.join(os.path.basename(p) for p in missing)}")
+        for path in files.values():
+            _check_utf8(path)
+        try:
+            dataset = load_dataset("json", data_files=files)
+        except Exception as err:  # datasets wraps JSON errors in several exception types
+            raise DataError(f"cannot read {name_or_dir} as JSON lines: {_first_line(err)}") from err
+    else:
+        if _looks_like_path(name_or_dir):  # Hub ids are `name` or `org/name`
+            raise DataError(f"dataset directory not found: {name_or_dir}")
+        dataset = _load_from_hub(name_or_dir, splits, token)
+    dataset = DatasetDict({split: dataset[split] for split in splits})
+    for split, rows in dataset.items():
+        validate_rows(rows, split)
+    return dataset
+
+
+def _load_from_hub(dataset_id: str, splits: tuple[str, ...], token: str | None):
+    from datasets import load_dataset
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        dataset = load_dataset(dataset_id, token=token)
+    except GatedRepoError as err:
+        raise DataError(f"dataset {dataset_id} is gated: accept its terms on the Hub, then `hf auth login`") from err
+    except RepositoryNotFoundError as err:
+        raise DataError(f"dataset {dataset_id} not found on the Hub (check the id, or log in if private)") from err
+    except (ConnectionError, OSError) as err:
+        raise UnreachableError(
+            f"cannot download dataset {dataset_id} (offline or Hub unreachable): pass a local directory of "
+            f"{{train,validation,test}}.jsonl as dataset_name"
+        ) from err
+    except Exception as err:  # datasets raises its own DatasetNotFoundError for missing ids and when offline
+        if type(err).__name__ == "DatasetNotFoundError":
+            raise UnreachableError(
+                f"dataset {dataset_id} not found or not reachable (offline?): pass a local directory of "
+                f"{{train,validation,test}}.jsonl as dataset_name"
+            ) from err
+        raise
+    missing = [split for split in splits if split not in dataset]
+    if missing:
+        raise DataError(f"dataset {dataset_id} has no split(s) {', '.join(missing)}")
+    return dataset
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
+def _check_utf8(path: str) -> None:
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{path} line {number} is not UTF-8 ({err.reason}); re-save the file as UTF-8")
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0]
+
+
+def validate_rows(rows, split: str) -> None:
+    """Fail on data the trainer would otherwise learn nonsense from: missing columns, empty texts, no rows."""
+    missing = [column for column in REQUIRED_COLUMNS if column not in rows.column_names]
+    if missing:
+        raise DataError(
+            f"{split} split lacks column(s) {', '.join(missing)} (has {', '.join(rows.column_names)}); "
+            f"DialogSum rows need {', '.join(REQUIRED_COLUMNS)}"
+        )
+    if len(rows) == 0:
+        raise DataError(f"{split} split is empty")
+    for column in ("dialogue", "summary"):
+        for index, text in enumerate(rows[column]):
+            if not isinstance(text, str) or not text.strip():
+                row_id = rows[index]["id"]
+                raise DataError(f"{split} row {index} (id {row_id}) has an empty {column}; fix or remove that row")
+
+
+def unique_dialogues(rows) -> list[dict]:
+    """Group rows that share a dialogue (DialogSum test: 3 reference summaries each), keeping first-seen order.
+
+    Rows are grouped by dialogue id (`test_12_1`, `test_12_2` -> `test_12`), falling back to the text itself.
+    """
+    groups: dict[str, dict] = {}
+    for row in rows:
+        match = re.fullmatch(r"(.+)_\d+", row["id"]) if row["id"].startswith("test_") else None
+        key = match.group(1) if match else row["dialogue"]
+        group = groups.setdefault(key, {"id": key if match else row["id"], "dialogue": row["dialogue"], "references": []})
+        group["references"].append(row["summary"])
+    return list(groups.values())
+
+
+def token_lengths(rows, tokenizer) -> tuple[list[int], list[int]]:
+    """Prompt and prompt+summary token counts of each row, as the chat template renders them for training."""
+    prompts, full = [], []
+    for row in rows:
+        example = to_prompt_completion(row)
+        prompts.append(
+            tokenizer.apply_chat_template(
+                example["prompt"], tokenize=False, add_generation_prompt=True, **CHAT_TEMPLATE_KWARGS
+            )
+        )
+        full.append(
+            tokenizer.apply_chat_template(
+                example["prompt"] + example["completion"], tokenize=False, **CHAT_TEMPLATE_KWARGS
+            )
+        )
+    encode = tokenizer(prompts + full, add_special_tokens=False)["input_ids"]  # the template already adds BOS
+    lengths = [len(ids) for ids in encode]
+    return lengths[: len(prompts)], lengths[len(prompts):]
+
+
+def percentiles(values: list[int]) -> dict[str, int]:
+    ordered = sorted(values)
+    quantiles = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
+    at = {name: ordered[min(len(ordered) - 1, int(q * len(ordered)))] for name, q in quantiles.items()}
+    return {**at, "max": ordered[-1]}
+
+
+def fit_to_max_length(rows, tokenizer, max_length: int | None, split: str) -> tuple[object, dict]:
+    """Drop rows that `max_length` would cut, and say how many and why.
+
+    TRL truncates over-long examples from the end, which would train on a summary cut mid-sentence (or, when the
+    prompt alone is too long, on nothing at all); dropping them keeps every trained summary whole.
+    """
+    prompt_lengths, total_lengths = token_lengths(rows, tokenizer)
+    report = {
+        "rows": len(rows),
+        "prompt_tokens": percentiles(prompt_lengths),
+        "total_tokens": percentiles(total_lengths),
+        "total_tokens_sum": sum(total_lengths),
+        "dropped_prompt_too_long": 0,
+        "dropped_summary_cut": 0,
+    }
+    if max_length is not None:
+        keep = []
+        for index, (prompt, total) in enumerate(zip(prompt_lengths, total_lengths)):
+            if prompt >= max_length:
+                report["dropped_prompt_too_long"] += 1
+            elif total > max_length:
+                report["dropped_summary_cut"] += 1
+            else:
+                keep.append(index)
+        if not keep:
+            raise DataError(
+                f"every {split} row is longer than max_length={max_length} tokens; raise max_length "
+                f"(prompt+summary p50 is {report['total_tokens']['p50']} tokens)"
+            )
+        if len(keep) < len(rows):
+            rows = rows.select(keep)
+    report["kept"] = len(rows)
+    return rows, report
+
+
+def format_report(split: str, report: dict, max_length: int | None) -> str:
+    prompt, total = report["prompt_tokens"], report["total_tokens"]
+    dropped = report["dropped_prompt_too_long"] + report["dropped_summary_cut"]
+    line = (
+        f"{split}: {report['rows']} rows; tokens prompt p50/p90/p99/max {prompt['p50']}/{prompt['p90']}/"
+        f"{prompt['p99']}/{prompt['max']}, prompt+summary {total['p50']}/{total['p90']}/{total['p99']}/{total['max']}"
+    )
+    if max_length is not None:
+        line += (
+            f"; max_length={max_length} drops {dropped} ({100 * dropped / report['rows']:.2f}%): "
+            f"{report['dropped_summary_cut']} whose summary would be cut, "
+            f"{report['dropped_prompt_too_long']} whose prompt alone is too long"
+        )
+    return line

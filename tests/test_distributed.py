@@ -1,0 +1,217 @@
+"""Multi-GPU support: the accelerate configs as `accelerate launch` reads them, and a real 2-process DDP run on CPU."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from accelerate.commands.config.config_args import load_config_from_file
+from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+from accelerate.utils import DeepSpeedPlugin, DistributedType
+from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env, prepare_simple_launcher_cmd_env
+from safetensors.torch import load_file
+
+from dialogsum_sft import artifacts
+from helpers import ROOT
+
+
+CONFIG_DIR = os.path.join(ROOT, "accelerate_configs")
+EXPECTED_TYPES = {
+    "single_gpu.yaml": DistributedType.NO,
+    "ddp.yaml": DistributedType.MULTI_GPU,
+    "zero2.yaml": DistributedType.DEEPSPEED,
+    "zero3.yaml": DistributedType.DEEPSPEED,
+    "fsdp_qlora.yaml": DistributedType.FSDP,
+}
+RECIPES = sorted(glob.glob(os.path.join(ROOT, "recipes", "*.yaml")))
+
+
+def launcher_env(name: str) -> dict[str, str]:
+    """The variables `accelerate launch --config_file <name>` sets for the training processes (the plugins read
+    these), so a misspelt key, which the launcher silently ignores, shows up as a missing setting."""
+    args = launch_command_parser().parse_args(
+        ["--config_file", os.path.join(CONFIG_DIR, name), "--num_processes", "2", "train.py"]
+    )
+    args, defaults, _ = _validate_launch_command(args)
+    if args.use_deepspeed:
+        args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)  # as launch_command does
+        env = prepare_deepspeed_cmd_env(args)[1]
+    elif args.use_fsdp or args.multi_gpu:
+        env = prepare_multi_gpu_env(args)
+    else:
+        env = prepare_simple_launcher_cmd_env(args)[1]
+    return {key: value for key, value in env.items() if os.environ.get(key) != value}
+
+
+def test_every_config_is_covered():
+    assert sorted(os.listdir(CONFIG_DIR)) == sorted(EXPECTED_TYPES)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_TYPES))
+def test_config_loads_with_accelerates_own_loader(name):
+    config = load_config_from_file(os.path.join(CONFIG_DIR, name))  # rejects unknown top-level keys
+    assert config.distributed_type == EXPECTED_TYPES[name]
+    assert config.mixed_precision == "bf16" and not config.use_cpu
+
+
+def test_single_gpu_shows_the_run_one_gpu():
+    # TRL's device_map="auto" for one process would otherwise spread the model over every visible GPU.
+    assert launcher_env("single_gpu.yaml")["CUDA_VISIBLE_DEVICES"] == "0"
+
+
+def test_zero2_is_stage_2_and_leaves_the_batch_to_the_recipe(monkeypatch):
+    for key, value in launcher_env("zero2.yaml").items():
+        monkeypatch.setenv(key, value)
+    config = DeepSpeedPlugin().deepspeed_config  # builds without the deepspeed package
+    assert config["zero_optimization"]["stage"] == 2
+    assert config["gradient_accumulation_steps"] == "auto" and config["gradient_clipping"] == "auto"
+
+
+def test_zero3_gathers_the_adapter_on_save(monkeypatch):
+    env = launcher_env("zero3.yaml")
+    assert env["ACCELERATE_USE_DEEPSPEED"] == "true"
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    config = DeepSpeedPlugin().deepspeed_config
+    assert "zero3_save_16bit_model" in load_config_from_file(os.path.join(CONFIG_DIR, "zero3.yaml")).deepspeed_config
+    assert config["zero_optimization"]["stage"] == 3
+    # Without it PEFT + ZeRO-3 saved an adapter of zero-size tensors (trl#4416, peft#2892).
+    assert config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    # "auto": DeepSpeed takes these from the recipe instead of clashing with it.
+    assert config["gradient_accumulation_steps"] == "auto" and config["gradient_clipping"] == "auto"
+
+
+def test_fsdp_qlora_settings_reach_the_training_processes():
+    # Spelled out in the file, not left to launcher defaults (which already differ for use_orig_params and may
+    # move to FSDP2); a misspelt key would fall back to the default unnoticed.
+    fsdp = load_config_from_file(os.path.join(CONFIG_DIR, "fsdp_qlora.yaml")).fsdp_config
+    for key in ("fsdp_version", "fsdp_cpu_ram_efficient_loading", "fsdp_sync_module_states", "fsdp_use_orig_params",
+                "fsdp_auto_wrap_policy", "fsdp_state_dict_type", "fsdp_offload_params"):
+        assert key in fsdp
+    env = launcher_env("fsdp_qlora.yaml")
+    expected = {
+        "ACCELERATE_USE_FSDP": "true",
+        "FSDP_VERSION": "1",  # FSDP2 mis-decodes packed 4-bit weights (bitsandbytes#1945, accelerate#3983)
+        "FSDP_CPU_RAM_EFFICIENT_LOADING": "true",
+        "FSDP_SYNC_MODULE_STATES": "true",  # required by the line above
+        "FSDP_USE_ORIG_PARAMS": "false",
+        "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",
+        "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT",  # save_model writes no adapter with a sharded state dict
+        "FSDP_OFFLOAD_PARAMS": "false",
+        "FSDP_ACTIVATION_CHECKPOINTING": "false",  # the recipe's gradient_checkpointing decides
+        "ACCELERATE_MIXED_PRECISION": "bf16",
+    }
+    assert {key: env.get(key) for key in expected} == expected
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=os.path.basename)
+def test_recipes_fit_sharded_qlora(recipe):
+    with open(recipe, encoding="utf-8") as handle:
+        config = yaml.safe_load(handle)
+    if config.get("load_in_4bit"):
+        # FSDP and ZeRO-3 shard only float tensors, and one dtype per flat parameter.
+        assert config.get("bnb_4bit_quant_storage") == config.get("dtype")
+    # TRL picks use_reentrant per backend: False for DDP (trl#4782), True for PEFT under ZeRO-3.
+    assert "use_reentrant" not in (config.get("gradient_checkpointing_kwargs") or {})
+
+
+# Runs scripts/sft.py unchanged, with TRL's SFTTrainer subclassed to record, on every rank, the rows it trained on
+# and the adapter it ended with.
+PROBE = '''
+import json, os, runpy, sys
+
+import torch
+import trl
+from peft import get_peft_model_state_dict
+from safetensors.torch import save_file
+
+
+class ProbedSFTTrainer(trl.SFTTrainer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rows_seen = []
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        self.rows_seen.append(inputs["input_ids"].sum(dim=1).tolist())  # one fingerprint per row
+        return super().training_step(model, inputs, *args, **kwargs)
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        if not _internal_call:
+            path = os.path.join(os.environ["PROBE_DIR"], f"rank{self.accelerator.process_index}")
+            state = get_peft_model_state_dict(self.model)
+            save_file({name: tensor.detach().contiguous() for name, tensor in state.items()}, path + ".safetensors")
+            with open(path + ".json", "w") as handle:
+                json.dump({
+                    "rows_seen": self.rows_seen,
+                    "world_size": self.accelerator.num_processes,
+                    "backend": torch.distributed.get_backend(),
+                    "linear4bit": any(type(m).__name__ == "Linear4bit" for m in self.model.modules()),
+                }, handle)
+        super().save_model(output_dir, _internal_call)
+
+
+trl.SFTTrainer = ProbedSFTTrainer
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+'''
+
+PER_DEVICE_BATCH = 2
+STEPS = 3
+TRAIN_ROWS = 16
+
+
+def test_two_process_ddp_run_stays_in_sync_and_saves_a_complete_adapter(tmp_path, tiny_model_dir, small_data_dir):
+    probe = tmp_path / "probe.py"
+    probe.write_text(PROBE, encoding="utf-8")
+    output_dir = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", os.path.join(CONFIG_DIR, "ddp.yaml"), "--num_processes", "2",
+        # Not --cpu, which picks accelerate's single-process launcher: torchrun starts the 2 processes, and
+        # use_cpu makes them join over gloo. No bf16 autocast on CPU.
+        "--mixed_precision", "no", "--main_process_port", "0",
+        str(probe), os.path.join(ROOT, "scripts", "sft.py"), os.path.join(ROOT, "recipes", "smollm2-135m.yaml"),
+        "--model_name_or_path", tiny_model_dir, "--base_model_hub_id", "org/tiny", "--dataset_name", small_data_dir,
+        "--max_train_samples", str(TRAIN_ROWS), "--max_steps", str(STEPS),
+        "--per_device_train_batch_size", str(PER_DEVICE_BATCH), "--gradient_accumulation_steps", "1",
+        "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none",
+        "--use_cpu", "true", "--bf16", "false", "--output_dir", str(output_dir),
+        # As the multi-GPU recipes train, with use_reentrant left to TRL/transformers: reentrant checkpointing
+        # under DDP fails with "Expected to mark a variable ready only once" (trl#4782).
+        "--gradient_checkpointing", "true",
+        # load_in_4bit stays on, as in the product: bitsandbytes' CPU backend runs the NF4 model under DDP.
+    ]
+    env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "src"), "HF_HUB_OFFLINE": "1", "PROBE_DIR": str(tmp_path)}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    for info in ranks:
+        assert info["world_size"] == 2 and info["backend"] == "gloo" and info["linear4bit"]
+        assert [len(step) for step in info["rows_seen"]] == [PER_DEVICE_BATCH] * STEPS
+    # Each rank trained on its own rows, so equal weights below mean the gradients were all-reduced.
+    rows = [{row for step in info["rows_seen"] for row in step} for info in ranks]
+    assert len(rows[0]) == len(rows[1]) == PER_DEVICE_BATCH * STEPS and not rows[0] & rows[1]
+
+    adapters = [load_file(tmp_path / f"rank{rank}.safetensors") for rank in (0, 1)]
+    assert adapters[0].keys() == adapters[1].keys()
+    assert [name for name in adapters[0] if not torch.equal(adapters[0][name], adapters[1][name])] == []
+
+    # The published adapter is complete, is what the ranks trained, and moved off its init (LoRA B starts at 0).
+    assert artifacts.verify_adapter(str(output_dir)) == len(adapters[0])
+    saved = load_file(output_dir / artifacts.ADAPTER_WEIGHTS)
+    assert saved.keys() == adapters[0].keys()
+    assert [name for name in saved if not torch.equal(saved[name], adapters[0][name])] == []
+    lora_b = [tensor for name, tensor in saved.items() if "lora_B" in name]
+    assert lora_b and all(tensor.abs().sum() > 0 for tensor in lora_b)
+
+    # Epochs count the global batch: 2 processes x 2 rows x 3 steps = 12 of 16 rows (one process would give 0.375).
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == STEPS
+    assert state["epoch"] == pytest.approx(2 * PER_DEVICE_BATCH * STEPS / TRAIN_ROWS)
+    assert artifacts.is_finished_run(str(output_dir))
+    assert json.loads((output_dir / artifacts.ADAPTER_CONFIG).read_text())["base_model_name_or_path"] == "org/tiny"
