@@ -1,0 +1,223 @@
+#!/usr/bin/env python
+"""Training speed and memory of QLoRA set-ups on Llama-3.2-3B's exact shape (random weights), one GPU.
+
+Each set-up runs in its own process (clean CUDA memory statistics) on sequences with DialogSum's real token
+lengths, and reports real (non-padding) tokens per second after warm-up and the peak GPU memory.
+
+    python scripts/benchmark.py --output results/benchmark.json                 # every set-up
+    python scripts/benchmark.py --setups seed ours-fast --steps 20 --output x.json
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+from dialogsum_sft.errors import run_cli
+from dialogsum_sft.runinfo import run_info
+
+
+# meta-llama/Llama-3.2-3B-Instruct's config.json (the weights are gated and unreachable here; the shape is public).
+LLAMA_32_3B = dict(
+    vocab_size=128256, hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
+    num_key_value_heads=8, head_dim=128, max_position_embeddings=131072, rms_norm_eps=1e-5, tie_word_embeddings=True,
+    hidden_act="silu", bos_token_id=128000, eos_token_id=[128001, 128008, 128009],
+    rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=32.0, low_freq_factor=1.0,
+                         high_freq_factor=4.0, original_max_position_embeddings=8192),
+)
+PAD_ID = 128004  # <|finetune_right_pad_id|>
+
+# name: (description, trainer settings). "seed" is the notebook this project replaces.
+SETUPS = {
+    "seed": ("seed notebook: transformers.Trainer, batch 1 x accum 4, grad. checkpointing, paged_adamw_8bit, "
+             "LoRA r32 q/k/v/o, loss on the whole sequence",
+             dict(trainer="transformers", batch=1, accum=4, checkpointing=True, optim="paged_adamw_8bit", r=32,
+                  targets=["q_proj", "k_proj", "v_proj", "o_proj"], padding_free=False, attn="sdpa")),
+    "trl-padded": ("stock TRL SFTTrainer: padded batches of 16, no checkpointing, r16 all-linear",
+                   dict(trainer="trl", batch=16, accum=1, checkpointing=False, optim="adamw_torch_fused", r=16,
+                        targets="all-linear", padding_free=False, attn="sdpa")),
+    "ours-fast": ("this recipe, fastest: padding-free batches of 64 (flex attention keeps them apart), fused LM-head "
+                  "loss, no checkpointing",
+                  dict(trainer="trl", batch=64, accum=1, checkpointing=False, optim="adamw_torch_fused", r=16,
+                       targets="all-linear", padding_free=True, attn="flex_attention")),
+    "ours-fast-sdpa": ("this recipe, padding-free batches of 32 with sdpa (block-diagonal mask), no checkpointing",
+                       dict(trainer="trl", batch=32, accum=1, checkpointing=False, optim="adamw_torch_fused", r=16,
+                            targets="all-linear", padding_free=True, attn="sdpa")),
+    "ours-grouped": ("this recipe, padded batches of 32 grouped by length, no checkpointing",
+                     dict(trainer="trl", batch=32, accum=1, checkpointing=False, optim="adamw_torch_fused", r=16,
+                          targets="all-linear", padding_free=False, attn="sdpa", group_by_length=True)),
+    "ours-lean": ("this recipe, lean: padding-free batches of 8, gradient checkpointing",
+                  dict(trainer="trl", batch=8, accum=4, checkpointing=True, optim="adamw_torch_fused", r=16,
+                       targets="all-linear", padding_free=True, attn="flex_attention")),
+}
+
+
+def dialogsum_lengths(data_dir: str, tokenizer_dir: str, count: int) -> list[tuple[int, int]]:
+    """(prompt, completion) token counts of the first `count` training rows, rendered as training renders them."""
+    from transformers import AutoTokenizer
+
+    from dialogsum_sft.data import load_dialogsum, token_lengths
+
+    rows = load_dialogsum(data_dir, ("train",))["train"].select(range(count))
+    prompts, totals = token_lengths(rows, AutoTokenizer.from_pretrained(tokenizer_dir))
+    return [(prompt, total - prompt) for prompt, total in zip(prompts, totals) if total <= 1024]
+
+
+def build_model_dir(path: str) -> None:
+    """Save a randomly initialised Llama-3.2-3B once, so every set-up loads it through bitsandbytes like a real one."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(LlamaConfig(**LLAMA_32_3B, dtype="bfloat16")).to(torch.bfloat16)
+    model.save_pretrained(path)
+
+
+def run_setup(name: str, model_dir: str, lengths: list[tuple[int, int]], steps: int, warmup: int) -> dict:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, Trainer, TrainerCallback, TrainingArguments
+    from trl import SFTConfig
+
+    from dialogsum_sft.trainer import QLoRASFTTrainer
+
+    _, spec = SETUPS[name]
+    generator = torch.Generator().manual_seed(0)
+    ids = [torch.randint(1000, 128000, (p + c,), generator=generator).tolist() for p, c in lengths]
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16,
+    )
+    model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=quantization, dtype=torch.bfloat16,
+                                                 attn_implementation=spec["attn"], device_map={"": 0})
+    lora = LoraConfig(r=spec["r"], lora_alpha=2 * spec["r"], lora_dropout=0.05, target_modules=spec["targets"],
+                      task_type="CAUSAL_LM")
+    common = dict(output_dir=f"/tmp/bench-{name}", per_device_train_batch_size=spec["batch"],
+                  gradient_accumulation_steps=spec["accum"], gradient_checkpointing=spec["checkpointing"],
+                  optim=spec["optim"], learning_rate=2e-4, max_steps=warmup + steps, bf16=True, logging_steps=1000,
+                  save_strategy="no", report_to="none", dataloader_num_workers=2, seed=0,
+                  train_sampling_strategy="group_by_length" if spec.get("group_by_length") else "random")
+
+    class Clock(TrainerCallback):
+        """Real tokens and wall time of the steps after warm-up (the CUDA queue drained at both ends)."""
+
+        def __init__(self):
+            self.start = self.end = None
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == warmup:
+                torch.cuda.synchronize()
+                self.start, self.tokens_at_start = time.perf_counter(), state.num_input_tokens_seen
+            if state.global_step == warmup + steps:
+                torch.cuda.synchronize()
+                self.end, self.tokens_at_end = time.perf_counter(), state.num_input_tokens_seen
+
+    clock = Clock()
+    if spec["trainer"] == "transformers":
+        from peft import get_peft_model, prepare_model_for_kbit_training
+        from transformers import DataCollatorForLanguageModeling
+
+        model = get_peft_model(prepare_model_for_kbit_training(model, use_gradient_checkpointing=True), lora)
+        dataset = Dataset.from_dict({"input_ids": ids})
+        args = TrainingArguments(**common, include_num_input_tokens_seen="non_padding")
+        collator = DataCollatorForLanguageModeling(tokenizer=_PadOnly(), mlm=False)
+        trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=[clock])
+    else:
+        masks = [[0] * p + [1] * c for p, c in lengths]
+        dataset = Dataset.from_dict({"input_ids": ids, "completion_mask": masks})
+        model.generation_config.pad_token_id = PAD_ID
+        args = SFTConfig(**common, completion_only_loss=True, padding_free=spec["padding_free"], max_length=None,
+                         include_num_input_tokens_seen="non_padding", pad_token=None)
+        trainer = QLoRASFTTrainer(model=model, args=args, train_dataset=dataset, peft_config=lora,
+                                  processing_class=_tokenizer_stub(), callbacks=[clock])
+    torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    seconds = clock.end - clock.start
+    tokens = clock.tokens_at_end - clock.tokens_at_start
+    return {
+        "setup": name, "description": SETUPS[name][0], **{k: v for k, v in spec.items() if k != "targets"},
+        "targets": spec["targets"], "steps": steps, "warmup_steps": warmup, "seconds": round(seconds, 2),
+        "real_tokens": int(tokens), "tokens_per_second": round(tokens / seconds, 1),
+        "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
+    }
+
+
+class _PadOnly:
+    """The little of a tokenizer transformers' LM collator needs for the seed set-up (pads with the reserved id)."""
+
+    pad_token_id = PAD_ID
+    padding_side = "right"
+
+    def pad(self, features, return_tensors="pt", **kwargs):
+        import torch
+
+        longest = max(len(f["input_ids"]) for f in features)
+        input_ids = [f["input_ids"] + [PAD_ID] * (longest - len(f["input_ids"])) for f in features]
+        mask = [[1] * len(f["input_ids"]) + [0] * (longest - len(f["input_ids"])) for f in features]
+        return {"input_ids": torch.tensor(input_ids), "attention_mask": torch.tensor(mask)}
+
+
+def _tokenizer_stub():
+    """A real tokenizer object (SFTTrainer checks its type) whose pad id is Llama 3's reserved pad token."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"<t{i}>": i for i in range(PAD_ID + 1)}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<t0>")))
+    tokenizer.pad_token, tokenizer.eos_token = f"<t{PAD_ID}>", "<t128009>"
+    return tokenizer
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
+    parser.add_argument("--steps", type=int, default=10, help="measured optimizer steps per set-up")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=2048, help="DialogSum training rows whose lengths are used")
+    parser.add_argument("--data", default=os.environ.get("DIALOGSUM_DIR", "../shared/data/dialogsum"))
+    parser.add_argument("--tokenizer", default=".cache/SmolLM2-135M-Instruct",
+                        help="tokenizer for the lengths (Llama 3's is gated; SmolLM2's counts are within ~10%%)")
+    parser.add_argument("--model_dir", default="/tmp/llama-3.2-3b-random")
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one set-up in this process
+    args = parser.parse_args(argv)
+
+    lengths_file = os.path.join(args.model_dir, "lengths.json")
+    if args.one:
+        with open(lengths_file) as handle:
+            lengths = json.load(handle)
+        print("RESULT " + json.dumps(run_setup(args.one, args.model_dir, lengths, args.steps, args.warmup)), flush=True)
+        return
+
+    build_model_dir(args.model_dir)
+    with open(lengths_file, "w") as handle:
+        json.dump(dialogsum_lengths(args.data, args.tokenizer, args.rows), handle)
+    results = []
+    for name in args.setups:
+        command = [sys.executable, __file__, "--one", name, "--steps", str(args.steps), "--warmup", str(args.warmup),
+                   "--model_dir", args.model_dir, "--output", args.output]
+        done = subprocess.run(command, capture_output=True, text=True)
+        line = next((line for line in done.stdout.splitlines() if line.startswith("RESULT ")), None)
+        if line is None:
+            error = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            results.append({"setup": name, "description": SETUPS[name][0], "error": error})
+        else:
+            results.append(json.loads(line[len("RESULT "):]))
+        print(json.dumps(results[-1]), flush=True)
+        with open(args.output, "w") as handle:
+            json.dump({"model": "Llama-3.2-3B shape, random weights, 4-bit NF4", **run_info(), "results": results},
+                      handle, indent=2)
+    print(f"{'setup':16} {'tokens/s':>10} {'peak GiB':>9}")
+    for row in results:
+        print(f"{row['setup']:16} {row.get('tokens_per_second', 'error'):>10} {row.get('peak_allocated_gib', ''):>9}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
