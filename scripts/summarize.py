@@ -1,0 +1,144 @@
+#!/usr/bin/env python
+"""Summarize dialogues with a trained adapter (local output dir or Hub repo id), prompted exactly as in training.
+
+    python scripts/summarize.py --adapter outputs/run --input dialogue.txt
+    python scripts/summarize.py --adapter you/adapter --base_model .cache/SmolLM2-135M-Instruct < dialogue.txt
+    python scripts/summarize.py --adapter outputs/run --jsonl rows.jsonl --output rows_with_summaries.jsonl
+
+Plain text (--input FILE, or stdin): one turn per line, as in DialogSum ("#Person1#: ..."); several dialogues are
+separated by one or more blank lines. One summary is printed per dialogue, one line each, in input order.
+JSON lines (--jsonl FILE): rows with a `dialogue` field; each row is written back with a `summary` field added.
+"""
+
+import argparse
+import json
+import logging
+import re
+import sys
+
+from dialogsum_sft.errors import DataError, UserError, run_cli
+from dialogsum_sft.generation import (
+    default_device,
+    four_bit_config,
+    load_for_generation,
+    prepare_adapter,
+    resolve_dtype,
+    summarize,
+)
+
+
+logger = logging.getLogger("summarize")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--adapter", required=True, help="training output dir, or Hub repo id of an adapter")
+    parser.add_argument("--revision", help="Hub revision of the adapter")
+    parser.add_argument("--base_model", help="base model dir or Hub id (default: the local checkpoint it trained "
+                                             "from if present, else adapter_config.json's Hub id)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--input", help="plain-text file: dialogues separated by blank lines (default: stdin)")
+    source.add_argument("--jsonl", help="JSON lines with a `dialogue` field; writes the rows with a `summary` added")
+    parser.add_argument("--output", help="write here instead of stdout")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--max_new_tokens", type=int, default=128)
+    parser.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"),
+                        help="weights dtype (auto: bfloat16 on GPU, float32 on CPU)")
+    parser.add_argument("--load_in_4bit", action="store_true",
+                        help="4-bit base with the adapter unmerged, exactly as in training (slower)")
+    args = parser.parse_args(argv)
+    for name in ("batch_size", "max_new_tokens"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be at least 1; got {getattr(args, name)}")
+    return args
+
+
+def read_text(handle, where: str) -> list[str]:
+    dialogues = [block.strip() for block in re.split(r"\n\s*\n", handle.read())]
+    dialogues = [block for block in dialogues if block]
+    if not dialogues:
+        raise DataError(f"no dialogue in {where}: write one turn per line, a blank line between dialogues")
+    return dialogues
+
+
+def read_jsonl(path: str) -> list[dict]:
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as err:
+                    raise DataError(f"{path} line {number} is not JSON: {err}") from err
+                dialogue = row.get("dialogue") if isinstance(row, dict) else None
+                if not isinstance(dialogue, str) or not dialogue.strip():
+                    raise DataError(f"{path} line {number} has no non-empty `dialogue` string")
+                rows.append(row)
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err.strerror}") from err
+    if not rows:
+        raise DataError(f"{path} has no rows")
+    return rows
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+
+    ###################
+    # 1. Adapter and its base model (checked before reading stdin, which may be typed by hand)
+    ###################
+    adapter = prepare_adapter(args.adapter, base_model=args.base_model, revision=args.revision)
+    logger.info(f"base model: {adapter.base_model} ({adapter.base_model_source})")
+
+    ###################
+    # 2. Input (before the weights load: a bad file fails in seconds)
+    ###################
+    rows = None
+    if args.jsonl:
+        rows = read_jsonl(args.jsonl)
+        dialogues = [row["dialogue"] for row in rows]
+    elif args.input:
+        try:
+            with open(args.input, encoding="utf-8") as handle:
+                dialogues = read_text(handle, args.input)
+        except OSError as err:
+            raise DataError(f"cannot read {args.input}: {err.strerror}") from err
+    else:
+        if sys.stdin.isatty():
+            print("reading dialogues from stdin (blank line between dialogues, Ctrl-D to end)", file=sys.stderr)
+        dialogues = read_text(sys.stdin, "stdin")
+
+    ###################
+    # 3. Weights
+    ###################
+    device = default_device()
+    dtype = resolve_dtype(args.dtype, device)
+    quantization = four_bit_config(adapter.recipe, dtype) if args.load_in_4bit else None
+    if quantization is not None:
+        dtype = quantization.bnb_4bit_compute_dtype  # the unquantized layers too, as in training
+    model = load_for_generation(adapter.base_model, adapter.directory, dtype=dtype, device=device,
+                                merge=quantization is None, quantization_config=quantization)
+
+    ###################
+    # 4. Summaries
+    ###################
+    summaries = summarize(model, adapter.tokenizer, dialogues, batch_size=args.batch_size,
+                          max_new_tokens=args.max_new_tokens, stop_ids=adapter.stop_ids,
+                          progress=sys.stderr.isatty())
+    if rows is not None:
+        lines = [json.dumps({**row, "summary": summary}, ensure_ascii=False) for row, summary in zip(rows, summaries)]
+    else:
+        lines = [" ".join(summary.split()) for summary in summaries]  # one line per dialogue, whatever the model wrote
+    text = "\n".join(lines) + "\n"
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    else:
+        sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    run_cli(main)

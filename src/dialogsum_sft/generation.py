@@ -1,0 +1,290 @@
+"""Summaries from a base model or a trained adapter: loading for inference and batched greedy generation.
+
+Evaluation (scripts/evaluate.py) and inference (scripts/summarize.py) both go through `prepare_adapter`,
+`load_for_generation` and `summarize`, so the numbers reported are those of the summaries users get.
+
+Precision: the adapter was trained on a 4-bit (NF4) base. By default it is evaluated on the base in bf16 (GPU) or
+float32 (CPU) with the LoRA weights merged in, which is fast but not identical to the training forward pass: the
+base weights are not NF4-rounded, so scores differ slightly. A 4-bit base (`four_bit_config`, merge=False) runs
+exactly as in training: same BitsAndBytesConfig, adapter kept unmerged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from tqdm.auto import tqdm
+
+from .data import render_prompt
+from .errors import ModelError, UnreachableError
+from .model import explain_load_error, is_local_path, load_tokenizer, stop_token_ids
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+RECIPE_FILE = "recipe.yaml"
+GENERATION_CONFIG = "generation_config.json"
+# LoRA tensors in a saved adapter: `base_model.model.<module>.lora_A.weight` is (r, in), `lora_B` is (out, r).
+_LORA_PREFIX = "base_model.model."
+_LORA_SUFFIXES = {".lora_A.weight": ("in_features", 1), ".lora_B.weight": ("out_features", 0)}
+
+
+@dataclass
+class Adapter:
+    """A trained adapter ready to load: where it is, which base to load it on, its tokenizer and stop ids."""
+
+    directory: Path
+    base_model: str  # what is loaded: a local directory or a Hub id
+    base_model_hub_id: str  # what the adapter names as its base (adapter_config.json)
+    base_model_source: str  # why `base_model` was chosen, for the log
+    tokenizer: object
+    stop_ids: list[int]
+    recipe: dict = field(default_factory=dict)
+
+
+def read_json(path: Path) -> dict:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def read_recipe(directory: Path) -> dict:
+    path = directory / RECIPE_FILE
+    if not path.is_file():
+        return {}
+    with open(path, encoding="utf-8") as handle:
+        recipe = yaml.safe_load(handle)
+    return recipe if isinstance(recipe, dict) else {}
+
+
+def prepare_adapter(
+    name_or_path: str, *, base_model: str | None = None, revision: str | None = None, token: str | None = None
+) -> Adapter:
+    """Resolve an adapter (local output dir or Hub repo id), choose its base model and check that they fit."""
+    from .hub import resolve_adapter  # here: generating with a model in hand needs no Hub client
+
+    directory = resolve_adapter(name_or_path, token=token, revision=revision)
+    try:
+        adapter_config = read_json(directory / ADAPTER_CONFIG)
+    except ValueError as err:
+        raise ModelError(f"{directory / ADAPTER_CONFIG} is not valid JSON: {err}") from err
+    hub_id = adapter_config.get("base_model_name_or_path")
+    if not hub_id:
+        raise ModelError(f"{directory / ADAPTER_CONFIG} names no base_model_name_or_path; pass --base_model")
+    if not (directory / ADAPTER_WEIGHTS).is_file():
+        raise ModelError(f"{directory} has no {ADAPTER_WEIGHTS}: the adapter was not saved completely")
+    recipe = read_recipe(directory)
+    trained_from = recipe.get("model_name_or_path")
+    if base_model:
+        source = "--base_model"
+    elif isinstance(trained_from, str) and is_local_path(trained_from) and os.path.isdir(trained_from):
+        # The Hub id is what users download; the local copy it trained from is what works offline.
+        base_model = trained_from
+        source = "the local checkpoint it trained from, recipe.yaml's model_name_or_path; --base_model overrides"
+    else:
+        base_model, source = hub_id, "the adapter's base_model_name_or_path"
+    # The tokenizer saved with the adapter is the one it trained with (pad token and chat template included).
+    has_tokenizer = (directory / "tokenizer_config.json").is_file()
+    tokenizer = load_tokenizer(str(directory) if has_tokenizer else base_model)
+    check_base_fits(base_model, directory, len(tokenizer))
+    generation_config = None
+    if (directory / GENERATION_CONFIG).is_file():
+        from transformers import GenerationConfig
+
+        generation_config = GenerationConfig.from_pretrained(directory)
+    return Adapter(
+        directory=directory,
+        base_model=base_model,
+        base_model_hub_id=hub_id,
+        base_model_source=source,
+        tokenizer=tokenizer,
+        stop_ids=stop_token_ids(tokenizer, generation_config),
+        recipe=recipe,
+    )
+
+
+def load_base_config(base_model: str):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(base_model)
+    except Exception as err:
+        explained = explain_load_error(err, base_model, what="base model")
+        if isinstance(explained, UnreachableError):
+            explained = UnreachableError(
+                f"base model {base_model} is not reachable from here (offline or Hub unreachable): pass a local "
+                "copy with --base_model"
+            )
+        raise explained from err
+
+
+def check_base_fits(base_model: str, adapter_dir: Path, vocab_size: int) -> None:
+    """Fail with one line, before any weights load, when the adapter's LoRA shapes do not fit `base_model`.
+
+    The base is built on the meta device (no memory, no weights), so this costs about a second even for 8B models.
+    """
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    config = load_base_config(base_model)
+    text_config = config.get_text_config()
+    mismatch = f"base model mismatch: {base_model} does not fit the adapter in {adapter_dir}"
+    if getattr(text_config, "vocab_size", vocab_size) < vocab_size:
+        raise ModelError(
+            f"{mismatch}: its vocabulary has {text_config.vocab_size} tokens, the adapter's tokenizer {vocab_size}"
+        )
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    with safe_open(adapter_dir / ADAPTER_WEIGHTS, framework="pt") as weights:
+        shapes = {name: weights.get_slice(name).get_shape() for name in weights.keys()}
+    for name, shape in shapes.items():
+        suffix = next((suffix for suffix in _LORA_SUFFIXES if name.endswith(suffix)), None)
+        if suffix is None or not name.startswith(_LORA_PREFIX):
+            continue
+        module_name = name[len(_LORA_PREFIX):-len(suffix)]
+        try:
+            module = model.get_submodule(module_name)
+        except AttributeError:
+            raise ModelError(f"{mismatch}: it has no module {module_name}, which the adapter adapts") from None
+        attribute, axis = _LORA_SUFFIXES[suffix]
+        expected = getattr(module, attribute, None)
+        if expected is not None and expected != shape[axis]:
+            raise ModelError(
+                f"{mismatch}: {module_name}.{attribute} is {expected} there but {shape[axis]} in the adapter "
+                "(a different model size or architecture)"
+            )
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(name: str, device: str):
+    """`auto`: bf16 on GPUs (what the recipes compute in), float32 on CPU (where bf16 matmuls are slow)."""
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    return getattr(torch, name)
+
+
+def four_bit_config(recipe: dict, dtype):
+    """The BitsAndBytesConfig the adapter trained with, rebuilt from its recipe with TRL's own helper."""
+    from trl import ModelConfig, get_quantization_config
+
+    keys = ("bnb_4bit_quant_type", "use_bnb_nested_quant", "bnb_4bit_quant_storage")
+    compute_dtype = recipe.get("dtype") or str(dtype).removeprefix("torch.")
+    settings = {key: recipe[key] for key in keys if key in recipe}
+    return get_quantization_config(ModelConfig(load_in_4bit=True, dtype=compute_dtype, **settings))
+
+
+def load_for_generation(
+    base_name_or_path: str,
+    adapter_dir: str | Path | None,
+    *,
+    dtype,
+    device: str,
+    merge: bool,
+    quantization_config=None,
+):
+    """The base model, with the adapter applied when `adapter_dir` is given, in eval mode on `device`.
+
+    Each call loads fresh weights: PEFT injects LoRA layers into the model it is given, so a base model meant for a
+    zero-shot comparison must never be one an adapter was loaded onto. `merge` folds the LoRA weights into the
+    base weights (faster generation); it is refused on a quantized base, where it would round the merged weights.
+    """
+    from transformers import AutoModelForCausalLM
+
+    if merge and quantization_config is not None:
+        raise ModelError("cannot merge an adapter into a 4-bit base: evaluate unmerged (merge=False)")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            base_name_or_path, dtype=dtype, device_map={"": device}, quantization_config=quantization_config
+        )
+    except Exception as err:
+        raise explain_load_error(err, base_name_or_path, what="base model") from err
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        try:
+            model = PeftModel.from_pretrained(model, str(adapter_dir))
+        except RuntimeError as err:  # size mismatches that check_base_fits did not see (e.g. embeddings)
+            raise ModelError(f"base model mismatch: cannot load {adapter_dir} onto {base_name_or_path}: "
+                             f"{str(err).strip().splitlines()[0]}") from err
+        if merge:
+            model = model.merge_and_unload()
+    return model.eval()
+
+
+def summarize(
+    model,
+    tokenizer,
+    dialogues: list[str],
+    *,
+    batch_size: int,
+    max_new_tokens: int = 128,
+    stop_ids: list[int],
+    progress: bool = True,
+) -> list[str]:
+    """One greedy summary per dialogue, in input order, prompted exactly as in training.
+
+    Prompts are generated longest first, so the batch that needs the most memory runs first (an out-of-memory
+    error comes at once, not after an hour) and each batch holds prompts of similar length (little padding).
+    Padding is on the left, so every prompt ends where generation starts.
+    """
+    import torch
+    from transformers import GenerationConfig
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1; got {batch_size}")
+    if not stop_ids:
+        raise ValueError("stop_ids is empty: generation would only stop at max_new_tokens")
+    prompts = [render_prompt(tokenizer, dialogue) for dialogue in dialogues]
+    # The chat template already writes any BOS token; adding special tokens again would double it.
+    encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    order = sorted(range(len(encoded)), key=lambda index: -len(encoded[index]))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=list(stop_ids), pad_token_id=pad_id
+    )
+    device = next(model.parameters()).device
+    summaries: list[str] = [""] * len(dialogues)
+    stops = set(stop_ids)
+    with tqdm(total=len(dialogues), desc="summarizing", unit="dialogue", disable=not progress) as bar:
+        for start in range(0, len(order), batch_size):
+            indices = order[start:start + batch_size]
+            batch = tokenizer.pad(
+                {"input_ids": [encoded[index] for index in indices]}, padding=True, padding_side="left",
+                return_tensors="pt",
+            ).to(device)
+            with torch.inference_mode(), _without_model_defaults(model):
+                output = model.generate(**batch, generation_config=config)
+            for index, tokens in zip(indices, output[:, batch["input_ids"].shape[1]:].tolist()):
+                # Cut at the first stop id: what follows is padding, which need not be a special token.
+                end = next((position for position, token in enumerate(tokens) if token in stops), len(tokens))
+                summaries[index] = tokenizer.decode(tokens[:end], skip_special_tokens=True).strip()
+            bar.update(len(indices))
+    return summaries
+
+
+@contextmanager
+def _without_model_defaults(model):
+    """Hide the model's generation_config: transformers fills every field our config leaves unset from it, and Hub
+    models ship sampling settings and penalties (Qwen2.5: repetition_penalty 1.05) that would change the summaries.
+    """
+    from transformers import GenerationConfig
+
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved = target.generation_config
+    target.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        target.generation_config = saved

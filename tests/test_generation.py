@@ -1,0 +1,143 @@
+"""Batched greedy summaries: order, padding, stop ids, merged adapters; on a tiny random Llama (seconds on CPU)."""
+
+import json
+import shutil
+
+import pytest
+import torch
+import yaml
+
+from dialogsum_sft.data import render_prompt
+from dialogsum_sft.errors import ModelError
+from dialogsum_sft.generation import load_for_generation, prepare_adapter, summarize
+from dialogsum_sft.model import load_tokenizer
+
+
+BASE_HUB_ID = "tiny-org/tiny-llama"
+DIALOGUES = [
+    "#Person1#: Hi, is this seat taken?\n#Person2#: No, go ahead.",
+    "#Person1#: What time does the train to Boston leave?\n#Person2#: At 6:15 from platform 4, but it is "
+    "often late on Fridays, so take a book.\n#Person1#: Thanks, I will.",
+    "#Person1#: Pass the salt, please.",
+    "#Person1#: Did you finish the report?\n#Person2#: Almost. I need one more hour.",
+    "#Person1#: Happy birthday! How old are you now?\n#Person2#: Thirty, and I feel twenty.",
+]
+NEVER = 3  # a special token id the tiny models never generate in these tests
+
+
+def tiny_llama(folder, tokenizer_dir, hidden_size=32, seed=0):
+    """A random 2-layer Llama with SmolLM2's tokenizer; wide initial weights make its greedy text vary by prompt."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False,
+        initializer_range=0.2, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def tiny_adapter(folder, base_dir, recipe=None, seed=1):
+    """A LoRA adapter saved like scripts/sft.py saves one, with random non-zero B so that it changes the outputs."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    torch.manual_seed(seed)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base_dir),
+        LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM"),
+    )
+    model.peft_config["default"].base_model_name_or_path = BASE_HUB_ID
+    model.save_pretrained(folder, save_embedding_layers=False)  # "auto" would look the base up on the Hub
+    tokenizer = load_tokenizer(base_dir)
+    tokenizer.save_pretrained(folder)
+    generation_config = GenerationConfig(eos_token_id=[tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id)
+    generation_config.save_pretrained(folder)
+    with open(f"{folder}/recipe.yaml", "w", encoding="utf-8") as handle:
+        yaml.safe_dump(recipe or {"model_name_or_path": BASE_HUB_ID, "base_model_hub_id": BASE_HUB_ID}, handle)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory, smollm2_dir):
+    return tiny_llama(tmp_path_factory.mktemp("tiny-base"), smollm2_dir)
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory, base_dir):
+    return tiny_adapter(tmp_path_factory.mktemp("tiny-adapter"), base_dir)
+
+
+@pytest.fixture(scope="module")
+def base(base_dir):
+    torch.set_num_threads(1)  # tiny matmuls: more threads only add contention
+    model = load_for_generation(base_dir, None, dtype=torch.float32, device="cpu", merge=False)
+    return model, load_tokenizer(base_dir)
+
+
+def test_batched_summaries_are_in_input_order_and_equal_unbatched(base):
+    model, tokenizer = base
+    alone = [summarize(model, tokenizer, [d], batch_size=1, max_new_tokens=12, stop_ids=[NEVER], progress=False)[0]
+             for d in DIALOGUES]
+    batched = summarize(model, tokenizer, DIALOGUES, batch_size=3, max_new_tokens=12, stop_ids=[NEVER],
+                        progress=False)
+    assert len(set(alone)) == len(DIALOGUES) and all(alone)  # distinct texts: a reordering could not go unseen
+    assert batched == alone
+    assert tokenizer.padding_side == "right"  # left padding did not leak into the shared tokenizer
+
+
+def test_generation_stops_at_any_stop_id_and_ignores_the_models_own_generation_config(base):
+    model, tokenizer = base
+    ids = tokenizer(render_prompt(tokenizer, DIALOGUES[1]), add_special_tokens=False, return_tensors="pt")
+    tokens = model.generate(**ids, max_new_tokens=12, do_sample=False, eos_token_id=[NEVER],
+                            pad_token_id=tokenizer.pad_token_id)[0, ids["input_ids"].shape[1]:].tolist()
+    stop = next(position for position in range(2, len(tokens)) if tokens[position] not in tokens[:position])
+    expected = tokenizer.decode(tokens[:stop], skip_special_tokens=True).strip()
+
+    saved = model.generation_config
+    # Hub models ship sampling settings and penalties; none may reach the summaries.
+    model.generation_config = type(saved)(do_sample=True, temperature=5.0, min_new_tokens=12, no_repeat_ngram_size=1)
+    try:
+        for stop_ids in ([tokens[stop], NEVER], [NEVER, tokens[stop]]):  # the first or the second id
+            summary = summarize(model, tokenizer, [DIALOGUES[1]], batch_size=1, max_new_tokens=12,
+                                stop_ids=stop_ids, progress=False)
+            assert summary == [expected]
+    finally:
+        model.generation_config = saved
+
+
+def test_merged_adapter_matches_unmerged_and_base_stays_untouched(base, base_dir, adapter_dir):
+    model, tokenizer = base
+    inputs = tokenizer(DIALOGUES[:2], return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        before = model(**inputs).logits
+        unmerged = load_for_generation(base_dir, adapter_dir, dtype=torch.float32, device="cpu", merge=False)
+        merged = load_for_generation(base_dir, adapter_dir, dtype=torch.float32, device="cpu", merge=True)
+        unmerged_logits, merged_logits = unmerged(**inputs).logits, merged(**inputs).logits
+        after = model(**inputs).logits
+    assert not torch.allclose(unmerged_logits, before, atol=1e-3)  # the adapter does change the model
+    torch.testing.assert_close(merged_logits, unmerged_logits, atol=1e-4, rtol=1e-4)
+    assert type(merged).__name__ == "LlamaForCausalLM"  # merged: plain model, no LoRA layers left
+    torch.testing.assert_close(after, before)  # loading adapters did not modify a separately loaded base
+
+
+def test_prepare_adapter_uses_the_local_base_from_the_recipe_and_checks_the_fit(tmp_path, base_dir, smollm2_dir):
+    recipe = {"model_name_or_path": base_dir, "base_model_hub_id": BASE_HUB_ID}
+    adapter = prepare_adapter(tiny_adapter(tmp_path / "adapter", base_dir, recipe))
+    assert adapter.base_model == base_dir and adapter.base_model_hub_id == BASE_HUB_ID
+    assert adapter.stop_ids == [load_tokenizer(base_dir).eos_token_id]
+
+    wider = tiny_llama(tmp_path / "wider", smollm2_dir, hidden_size=48)
+    with pytest.raises(ModelError, match="base model mismatch: .* hidden|base model mismatch: .*features"):
+        prepare_adapter(str(tmp_path / "adapter"), base_model=wider)
+
+    shutil.copytree(base_dir, tmp_path / "small-vocab")
+    config = json.loads((tmp_path / "small-vocab" / "config.json").read_text())
+    (tmp_path / "small-vocab" / "config.json").write_text(json.dumps({**config, "vocab_size": 32000}))
+    with pytest.raises(ModelError, match="base model mismatch: .*vocabulary has 32000 tokens"):
+        prepare_adapter(str(tmp_path / "adapter"), base_model=str(tmp_path / "small-vocab"))
