@@ -38,9 +38,9 @@ SETUPS = {
     "trl-padded": ("stock TRL SFTTrainer: padded batches of 16, no checkpointing, r16 all-linear",
                    dict(trainer="trl", batch=16, accum=1, checkpointing=False, optim="adamw_torch_fused", r=16,
                         targets="all-linear", padding_free=False, attn="sdpa")),
-    "ours-fast": ("this recipe, fastest: padding-free batches of 64 (flex attention keeps them apart), fused LM-head "
+    "ours-fast": ("this recipe, fastest: padding-free batches of 32 (flex attention keeps them apart), fused LM-head "
                   "loss, no checkpointing",
-                  dict(trainer="trl", batch=64, accum=1, checkpointing=False, optim="adamw_torch_fused", r=16,
+                  dict(trainer="trl", batch=32, accum=1, checkpointing=False, optim="adamw_torch_fused", r=16,
                        targets="all-linear", padding_free=True, attn="flex_attention")),
     "ours-fast-sdpa": ("this recipe, padding-free batches of 32 with sdpa (block-diagonal mask), no checkpointing",
                        dict(trainer="trl", batch=32, accum=1, checkpointing=False, optim="adamw_torch_fused", r=16,
@@ -206,8 +206,9 @@ def main(argv=None):
         done = subprocess.run(command, capture_output=True, text=True)
         line = next((line for line in done.stdout.splitlines() if line.startswith("RESULT ")), None)
         if line is None:
-            error = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            results.append({"setup": name, "description": SETUPS[name][0], "error": error})
+            lines = [line for line in done.stderr.splitlines() if "Error" in line or "error" in line]
+            error = (lines or done.stderr.strip().splitlines() or ["no output"])[-1]
+            results.append({"setup": name, "description": SETUPS[name][0], "error": error[:500]})
         else:
             results.append(json.loads(line[len("RESULT "):]))
         print(json.dumps(results[-1]), flush=True)
