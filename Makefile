@@ -1,4 +1,4 @@
-.PHONY: install model demo test style quality train evaluate bench clean
+.PHONY: install model demo test style quality train bench clean
 
 PYTHON ?= python3
 VENV := .venv
@@ -28,10 +28,12 @@ model: $(MODEL_DIR)/config.json
 demo: install
 	rm -rf outputs/demo
 	$(BIN)/python scripts/sft.py recipes/smollm2-135m.yaml --use_cpu true --output_dir outputs/demo \
-		--dataset_name $(DATA) --max_length 512 --max_train_samples 240 --max_steps 30 \
-		--per_device_train_batch_size 8 --max_eval_samples 16 --eval_steps 15 --save_steps 15 --logging_steps 5
+		--dataset_name $(DATA) --max_length 384 --max_train_samples 96 --max_steps 12 \
+		--per_device_train_batch_size 4 --max_eval_samples 8 --eval_steps 6 --save_steps 6 --logging_steps 2
 	$(BIN)/python scripts/evaluate.py outputs/demo --base_model $(MODEL_DIR) --dataset $(DATA) --split validation \
-		--max_samples 4 --batch_size 4 --output_dir outputs/demo/eval
+		--max_samples 2 --batch_size 2 --output_dir outputs/demo/eval
+	cat outputs/demo/eval/eval_results.md
+	head -n 1 outputs/demo/eval/predictions.jsonl | $(BIN)/python -m json.tool --no-ensure-ascii
 
 test: install
 	$(BIN)/python -m pytest tests
