@@ -21,6 +21,7 @@ from dialogsum_sft.model import (
     base_model_hub_id,
     check_attention_for_packing,
     check_gpu,
+    check_model_source,
     explain_load_error,
     load_tokenizer,
     stop_token_ids,
@@ -35,10 +36,16 @@ logger = logging.getLogger("sft")
 def main(argv=None):
     script_args, training_args, model_args, recipe = parse_recipe(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if training_args.hub_token:
+        # The Trainer pickles its arguments into training_args.bin (output dir and every checkpoint). Training never
+        # pushes, so the token only authenticates downloads: hand it to huggingface_hub through the environment.
+        os.environ["HF_TOKEN"] = training_args.hub_token
+        training_args.hub_token = None
 
     ###################
     # 1. Checks that need no weights
     ###################
+    check_model_source(model_args.model_name_or_path)
     hub_id = base_model_hub_id(model_args)
     check_attention_for_packing(training_args, model_args)
     if not script_args.dry_run:

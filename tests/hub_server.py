@@ -19,6 +19,7 @@ import hmac
 import json
 import re
 import secrets
+import sys
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -113,6 +114,7 @@ class _Fault:
     path_contains: str
     method: str | None
     message: str
+    code: str | None = None
 
 
 class _HttpError(Exception):
@@ -183,10 +185,14 @@ class HubServer:
         path_contains: str = "",
         method: str | None = None,
         message: str = "Internal Error - We're working hard to fix this as soon as possible!",
+        code: str | None = None,
     ) -> None:
-        """Answer the next `n` requests whose path contains `path_contains` (and of `method`) with `status`."""
+        """Answer the next `n` requests whose path contains `path_contains` (and of `method`) with `status`.
+
+        `code` is sent as X-Error-Code, which the client reads to tell apart e.g. a gated repo ("GatedRepo").
+        """
         with self._lock:
-            self._faults.append(_Fault(n, status, path_contains, method, message))
+            self._faults.append(_Fault(n, status, path_contains, method, message, code))
 
     def files(self, repo_id: str, revision: str = "main") -> dict[str, bytes]:
         with self._lock:
@@ -251,7 +257,7 @@ class _Handler(BaseHTTPRequestHandler):
         fault = self.hub._take_fault(self.command, url.path)
         try:
             if fault is not None:
-                raise _HttpError(fault.status, fault.message)
+                raise _HttpError(fault.status, fault.message, code=fault.code)
             status, payload, headers = self.route()
         except _HttpError as err:
             status, payload, headers = err.status, err.body, err.headers
@@ -576,6 +582,14 @@ def use_endpoint(monkeypatch: pytest.MonkeyPatch, url: str, home: Path) -> None:
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hf_api.api, "endpoint", url)
+    forget_transformers_client()
+
+
+def forget_transformers_client() -> None:
+    """Drop the HfApi that transformers keeps from its first Hub call: it would still aim at an earlier endpoint."""
+    module = sys.modules.get("transformers.utils.hub")
+    if module is not None:
+        module._hf_api = None  # rebuilt on the next call, from the endpoint in effect then
 
 
 @pytest.fixture
@@ -587,3 +601,4 @@ def hub_server(tmp_path, monkeypatch):
         use_endpoint(monkeypatch, server.url, tmp_path / "hf_home")
         yield server
         close_session()  # drop pooled connections to this server before it goes away
+        forget_transformers_client()

@@ -94,6 +94,17 @@ def test_resolved_recipe_never_holds_the_token():
     assert "hf_secret_value" not in yaml.safe_dump(recipe)
 
 
+def test_remote_code_is_off_unless_the_recipe_says_so(tmp_path):
+    for shipped in (SMOLLM2_RECIPE, LLAMA_RECIPE):
+        _, training_args, _, recipe = parse_recipe([shipped, "--use_cpu", "true"])
+        assert training_args.trust_remote_code is False and recipe.get("trust_remote_code", False) is False
+    path = write_recipe(tmp_path, "model_name_or_path: org/model\nuse_peft: true\nuse_cpu: true\n")
+    assert parse_recipe([path])[1].trust_remote_code is False
+    path = write_recipe(tmp_path, "model_name_or_path: org/model\nuse_peft: true\nuse_cpu: true\ntrust_remote_code: true\n")
+    _, training_args, _, recipe = parse_recipe([path])
+    assert training_args.trust_remote_code is True and recipe["trust_remote_code"] is True
+
+
 def test_cli_errors_are_one_line_and_leave_no_output(tmp_path):
     out = tmp_path / "out"
     result = run_script("sft.py", SMOLLM2_RECIPE, "--lerning_rate", "1e-4", "--output_dir", out)

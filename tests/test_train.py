@@ -1,19 +1,24 @@
-"""End to end through scripts/sft.py: the real SmolLM2 in 4-bit, and exact resumption after kill -9."""
+"""End to end through scripts/sft.py: the real SmolLM2 in 4-bit, exact resumption after kill -9, bad models, secrets."""
 
+import importlib.util
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from huggingface_hub import HfApi, constants
 from safetensors.torch import load_file
 
 from dialogsum_sft.artifacts import last_complete_checkpoint
+from dialogsum_sft.errors import run_cli
 from helpers import ROOT, error_lines, run_script
+from hub_server import TOKEN, USER
 
 
 RECIPE = os.path.join(ROOT, "recipes", "smollm2-135m.yaml")
@@ -99,3 +104,164 @@ def test_incomplete_checkpoints_are_skipped(tmp_path, contents):
     for name, text in contents.items():
         (bad / name).write_text(text)
     assert last_complete_checkpoint(str(tmp_path)) == str(good)
+
+
+def sft_in_process(capsys, *args):
+    """scripts/sft.py's `main` through `run_cli`, as its __main__ runs it, minus the interpreter start-up.
+
+    Returns the exit status (None when it returned) and the `error:` lines it printed.
+    """
+    spec = importlib.util.spec_from_file_location("sft_script", os.path.join(ROOT, "scripts", "sft.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    try:
+        run_cli(script.main, [RECIPE, "--use_cpu", "true", *map(str, args)])
+        status = None
+    except SystemExit as exit_:
+        status = exit_.code
+    return status, [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+
+
+def test_missing_local_model_is_one_line_and_leaves_no_output(tmp_path, small_data_dir):
+    out = tmp_path / "out"
+    result = run_script("sft.py", RECIPE, "--use_cpu", "true", "--model_name_or_path", "./no/such/model",
+                        "--dataset_name", small_data_dir, "--output_dir", out)
+    assert result.returncode == 2
+    assert error_lines(result) == [
+        "error: model directory not found: ./no/such/model (check the path, or give a Hub id such as org/name)"
+    ]
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("model, reason", [
+    ("a/b/c", "Repo id must be in the form 'repo_name' or 'namespace/repo_name'"),
+    ("bad--name/x", "Cannot have -- or .. in repo_id"),
+    ("org/two words", "Repo id must use alphanumeric chars, '-', '_' or '.'"),
+])
+def test_malformed_model_id_is_one_line_before_any_loading(tmp_path, capsys, model, reason):
+    out = tmp_path / "out"
+    # No dataset given: the recipe's is never read, the id is refused first.
+    status, errors = sft_in_process(capsys, "--model_name_or_path", model, "--output_dir", out)
+    assert status == 2 and len(errors) == 1
+    assert errors[0].startswith(f"error: model {model} is neither an existing local directory nor a valid Hub repo "
+                                f"id ({reason}")
+    assert errors[0].endswith("): give a model directory or a Hub id such as org/name")
+    assert not out.exists()
+
+
+PRIVATE_MODEL = f"{USER}/tiny-private"
+WRONG_TOKEN = "hf_wrongTokenThatTheHubRejects000000"
+HUB_MODEL_ERRORS = {
+    "missing": (f"{USER}/nope", None, f"error: model {USER}/nope not found on the Hub (check the id; private repos "
+                                      "need `hf auth login`)"),
+    "private, no token": (PRIVATE_MODEL, None, f"error: model {PRIVATE_MODEL} not found on the Hub (check the id; "
+                                               "private repos need `hf auth login`)"),
+    "wrong token": (PRIVATE_MODEL, WRONG_TOKEN, f"error: the Hub refused the token for model {PRIVATE_MODEL}: set "
+                                                "HF_TOKEN or run `hf auth login` with a valid token that can read it"),
+    "gated": (f"{USER}/gated", TOKEN, f"error: model {USER}/gated is gated: accept its license on "
+                                      f"https://huggingface.co/{USER}/gated, then log in with `hf auth login` (or "
+                                      "set HF_TOKEN)"),
+    "offline": (PRIVATE_MODEL, TOKEN, f"error: model {PRIVATE_MODEL} is not reachable from here (offline or Hub "
+                                      "unreachable): download it where the Hub is reachable and pass its local "
+                                      "directory as model_name_or_path"),
+}
+
+
+@pytest.mark.parametrize("case", HUB_MODEL_ERRORS)
+def test_hub_model_errors_are_one_line(case, hub_server, tiny_model_dir, small_data_dir, tmp_path, monkeypatch,
+                                       capsys):
+    HfApi(token=TOKEN).create_repo(PRIVATE_MODEL, private=True)
+    HfApi(token=TOKEN).upload_folder(folder_path=tiny_model_dir, repo_id=PRIVATE_MODEL,
+                                     allow_patterns=["*.json", "*.jinja"])  # the tokenizer fails first
+    model, token, message = HUB_MODEL_ERRORS[case]
+    if token:
+        monkeypatch.setenv("HF_TOKEN", token)
+    if case == "gated":  # what the Hub answers before the license is accepted
+        hub_server.fail_next(1000, 403, path_contains=f"/{model}/", code="GatedRepo",
+                             message=f"Access to model {model} is restricted and you are not in the authorized list.")
+    if case == "offline":
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    out = tmp_path / "out"
+    common = ["--dataset_name", small_data_dir, "--output_dir", out, "--max_train_samples", 2]
+
+    status, errors = sft_in_process(capsys, "--model_name_or_path", model, *common)
+
+    assert (status, errors) == (2, [message])
+    assert not out.exists()
+    if case == "wrong token":
+        # The same repo with the right token given on the command line (a dry run loads only the tokenizer).
+        assert sft_in_process(capsys, "--model_name_or_path", model, *common, "--hub_token", TOKEN,
+                              "--dry_run") == (None, [])
+
+
+@pytest.mark.parametrize("argv, trusted", [([], False), (["--trust_remote_code", "true"], True)])
+def test_remote_code_is_trusted_only_when_the_recipe_says_so(argv, trusted, tiny_model_dir, small_data_dir, tmp_path,
+                                                             monkeypatch, capsys):
+    """Every loader sft.py reaches (tokenizer, config, weights) gets trust_remote_code from the recipe."""
+    from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
+
+    class WeightsReached(Exception):
+        pass
+
+    calls = []
+
+    def spy(owner, name, stop=False):
+        original = getattr(owner, name)
+
+        def record(*args, **kwargs):
+            calls.append((owner.__name__, kwargs.get("trust_remote_code", False)))
+            if stop:
+                raise WeightsReached  # enough: the base model's from_pretrained got its arguments
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, record)
+
+    spy(AutoTokenizer, "from_pretrained")
+    spy(AutoConfig, "from_pretrained")
+    spy(PreTrainedModel, "from_pretrained", stop=True)
+
+    with pytest.raises(WeightsReached):
+        sft_in_process(capsys, *argv, "--model_name_or_path", tiny_model_dir, "--base_model_hub_id", "org/tiny",
+                       "--dataset_name", small_data_dir, "--output_dir", tmp_path / "out", "--max_train_samples", 2,
+                       "--eval_strategy", "no")
+
+    assert {owner for owner, _ in calls} == {"AutoTokenizer", "AutoConfig", "PreTrainedModel"}
+    assert calls[-1][0] == "PreTrainedModel"
+    assert {value for _, value in calls} == {trusted}
+
+
+def files_holding(folder, secret: str) -> list[str]:
+    """Files under `folder` whose bytes contain `secret` (read raw: pickles, TensorBoard events, weights)."""
+    return sorted(str(path.relative_to(folder)) for path in Path(folder).rglob("*")
+                  if path.is_file() and secret.encode() in path.read_bytes())
+
+
+def test_hub_token_never_reaches_outputs_logs_or_the_hub(tmp_path, tiny_model_dir, small_data_dir, hub_server):
+    out = tmp_path / "run"
+    token = hub_server.token
+    train = run_script(
+        "sft.py", RECIPE, "--use_cpu", "true", "--report_to", "tensorboard", "--logging_steps", "1", "--max_length",
+        "384", "--model_name_or_path", tiny_model_dir, "--base_model_hub_id", "org/tiny", "--dataset_name", small_data_dir, "--output_dir", out,
+        "--max_train_samples", "4", "--max_steps", "2", "--per_device_train_batch_size", "2", "--eval_strategy", "no",
+        "--save_strategy", "steps", "--save_steps", "1", "--bf16", "false", "--dtype", "float32",
+        "--bnb_4bit_quant_storage", "float32", "--hub_token", token, env={"HF_TOKEN": token},
+    )
+    assert train.returncode == 0, train.stderr[-3000:]
+    evaluate = run_script("evaluate.py", out, "--max_samples", 2, "--max_new_tokens", 8, "--batch_size", 2,
+                          "--push_to_hub", "--hub_model_id", "tiny-dialogsum",
+                          env={"HF_TOKEN": token, "HF_HUB_OFFLINE": "0", "OMP_NUM_THREADS": "1"})
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+
+    written = {path.relative_to(out).as_posix() for path in out.rglob("*") if path.is_file()}
+    expected = {"recipe.yaml", "train_results.json", "trainer_state.json", "training_args.bin", "README.md",
+                "adapter_model.safetensors", "checkpoint-1/training_args.bin", "checkpoint-2/optimizer.pt",
+                "eval/eval_results.json", "eval/predictions.jsonl", "eval/hub/README.md", "eval/hub/recipe.yaml"}
+    assert expected <= written
+    assert any(name.startswith("runs/") and "tfevents" in name for name in written)
+    pushed = hub_server.files(f"{USER}/tiny-dialogsum")
+    assert "README.md" in pushed and "adapter_model.safetensors" in pushed
+    assert files_holding(out, token) == []
+    assert [name for name, data in pushed.items() if token.encode() in data] == []
+    for result in (train, evaluate):
+        assert token not in result.stdout + result.stderr

@@ -33,34 +33,100 @@ def base_model_hub_id(model_args) -> str:
     return model_args.model_name_or_path
 
 
-def explain_load_error(err: Exception, name: str, what: str = "model") -> Exception:
-    """Turn huggingface_hub/transformers loading failures into one-line user errors (or return err unchanged)."""
-    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+def model_source_error(name: str, what: str = "model") -> ModelError | None:
+    """The error for a name that is neither an existing local directory nor a valid Hub repo id (else None).
 
-    if isinstance(err, GatedRepoError):
+    Needs no network: a missing local directory or a malformed id fails before any data or weights are loaded.
+    """
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if os.path.isdir(os.path.expanduser(name)):
+        return None
+    if name.startswith((".", "/", "~")):
+        hint = "run `make model` to build the embedded SmolLM2 checkpoint" if "SmolLM2" in name else (
+            "check the path, or give a Hub id such as org/name"
+        )
+        return ModelError(f"{what} directory not found: {name} ({hint})")
+    try:
+        validate_repo_id(name)
+    except HFValidationError as err:
+        reason = str(err).splitlines()[0].replace(" Use `repo_type` argument if needed.", "")
+        reason = reason.removesuffix(f": '{name}'.").removesuffix(f" '{name}'.")
+        return ModelError(
+            f"{what} {name} is neither an existing local directory nor a valid Hub repo id ({reason}): give a "
+            "model directory or a Hub id such as org/name"
+        )
+    return None
+
+
+def check_model_source(name: str, what: str = "model") -> None:
+    error = model_source_error(name, what)
+    if error is not None:
+        raise error
+
+
+def _causes(err: BaseException):
+    seen = set()
+    while err is not None and id(err) not in seen:  # transformers' wrapped errors can form a cycle
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+def explain_load_error(err: Exception, name: str, what: str = "model") -> Exception:
+    """Turn huggingface_hub/transformers loading failures into one-line user errors (or return err unchanged).
+
+    transformers re-raises Hub failures as OSError, sometimes without the original as cause, so both the cause chain
+    and the messages are read. No message built here holds the token.
+    """
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    source_error = model_source_error(name, what)
+    if source_error is not None:
+        return source_error
+    chain = list(_causes(err))
+    text = "\n".join(str(exc) for exc in chain)
+
+    def raised(kind) -> bool:
+        return any(isinstance(exc, kind) for exc in chain)
+
+    if raised(GatedRepoError) or "trying to access a gated repo" in text:
         return ModelError(
             f"{what} {name} is gated: accept its license on https://huggingface.co/{name}, then log in with "
             "`hf auth login` (or set HF_TOKEN)"
         )
-    if isinstance(err, RepositoryNotFoundError):
+    if raised(RepositoryNotFoundError) or "is not a valid model identifier" in text:
         return ModelError(f"{what} {name} not found on the Hub (check the id; private repos need `hf auth login`)")
-    if is_local_path(name) and not os.path.isdir(os.path.expanduser(name)):
-        hint = " (run `make model` to build the embedded SmolLM2 checkpoint)" if "SmolLM2" in name else ""
-        return ModelError(f"{what} directory not found: {name}{hint}")
-    text = str(err)
-    if isinstance(err, LocalEntryNotFoundError) or "couldn't connect" in text or "offline mode" in text.lower():
+    if raised(RevisionNotFoundError) or "is not a valid git identifier" in text:
+        return ModelError(f"{what} {name} has no such revision on the Hub (check model_revision)")
+    status = next((exc.response.status_code for exc in chain if isinstance(exc, HfHubHTTPError)
+                   and exc.response is not None), None)
+    if status in (401, 403) or "401 Unauthorized" in text or "403 Forbidden" in text:
+        return ModelError(
+            f"the Hub refused the token for {what} {name}: set HF_TOKEN or run `hf auth login` with a valid token "
+            "that can read it"
+        )
+    if raised(LocalEntryNotFoundError) or "couldn't connect" in text or "offline mode" in text.lower():
         return UnreachableError(
             f"{what} {name} is not reachable from here (offline or Hub unreachable): download it where the Hub "
             "is reachable and pass its local directory as model_name_or_path"
         )
     if isinstance(err, OSError) and os.path.isdir(name):
-        return ModelError(f"{what} directory {name} is not a usable checkpoint: {text.splitlines()[0]}")
+        return ModelError(f"{what} directory {name} is not a usable checkpoint: {str(err).splitlines()[0]}")
     return err
 
 
 def load_tokenizer(model_name_or_path: str, revision: str = "main", trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    check_model_source(model_name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             model_name_or_path, revision=revision, trust_remote_code=trust_remote_code
