@@ -38,19 +38,23 @@ SETUPS = {
     "trl-padded": ("stock TRL SFTTrainer: padded batches of 16, no checkpointing, r16 all-linear",
                    dict(trainer="trl", batch=16, accum=1, checkpointing=False, optim="adamw_torch_fused", r=16,
                         targets="all-linear", padding_free=False, attn="sdpa")),
-    "ours-fast": ("this recipe, fastest: padding-free batches of 32 (flex attention keeps them apart), fused LM-head "
-                  "loss, no checkpointing",
+    "ours-fast": ("this recipe, fastest: padding-free batches of 32 on PyTorch's varlen FlashAttention-2 "
+                  "(sdpa_varlen), fused LM-head loss, no checkpointing",
                   dict(trainer="trl", batch=32, accum=1, checkpointing=False, optim="adamw_torch_fused", r=16,
-                       targets="all-linear", padding_free=True, attn="flex_attention")),
-    "ours-fast-sdpa": ("this recipe, padding-free batches of 32 with sdpa (block-diagonal mask), no checkpointing",
+                       targets="all-linear", padding_free=True, attn="sdpa_varlen")),
+    "ours-fast-sdpa": ("padding-free batches of 32 with sdpa (dense block-diagonal mask), no checkpointing",
                        dict(trainer="trl", batch=32, accum=1, checkpointing=False, optim="adamw_torch_fused", r=16,
                             targets="all-linear", padding_free=True, attn="sdpa")),
-    "ours-grouped": ("this recipe, padded batches of 32 grouped by length, no checkpointing",
+    "ours-grouped": ("padded batches of 32 grouped by length, no checkpointing",
                      dict(trainer="trl", batch=32, accum=1, checkpointing=False, optim="adamw_torch_fused", r=16,
                           targets="all-linear", padding_free=False, attn="sdpa", group_by_length=True)),
-    "ours-lean": ("this recipe, lean: padding-free batches of 8, gradient checkpointing",
+    "ours-lean": ("this recipe, lean: padding-free batches of 8 x accum 4 on sdpa_varlen, gradient checkpointing",
                   dict(trainer="trl", batch=8, accum=4, checkpointing=True, optim="adamw_torch_fused", r=16,
-                       targets="all-linear", padding_free=True, attn="flex_attention")),
+                       targets="all-linear", padding_free=True, attn="sdpa_varlen")),
+    "ours-lean-b16": ("this recipe, lean with bigger batches: padding-free 16 x accum 2 on sdpa_varlen, "
+                      "gradient checkpointing",
+                      dict(trainer="trl", batch=16, accum=2, checkpointing=True, optim="adamw_torch_fused", r=16,
+                           targets="all-linear", padding_free=True, attn="sdpa_varlen")),
 }
 
 
@@ -85,8 +89,10 @@ def run_setup(name: str, model_dir: str, lengths: list[tuple[int, int]], steps: 
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig, Trainer, TrainerCallback, TrainingArguments
     from trl import SFTConfig
 
+    from dialogsum_sft.attention import register_varlen_attention
     from dialogsum_sft.trainer import QLoRASFTTrainer
 
+    register_varlen_attention()
     _, spec = SETUPS[name]
     generator = torch.Generator().manual_seed(0)
     ids = [torch.randint(1000, 128000, (p + c,), generator=generator).tolist() for p, c in lengths]
@@ -149,6 +155,46 @@ def run_setup(name: str, model_dir: str, lengths: list[tuple[int, int]], steps: 
     }
 
 
+def generation_speed(model_dir: str, lengths: list[tuple[int, int]], dialogues: int, batch: int) -> dict:
+    """Evaluation speed of the 3B shape: greedy generation as scripts/evaluate.py runs it (bf16 weights with the
+    adapter merged, left-padded batches, longest prompts first). Random weights never emit a stop token, so every
+    summary runs to the median real summary length instead."""
+    import statistics
+
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, device_map={"": 0}).eval()
+    new_tokens = int(statistics.median(completion for _, completion in lengths))
+    prompts = sorted((prompt for prompt, _ in lengths[:dialogues]), reverse=True)
+    generator = torch.Generator().manual_seed(0)
+    config = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                              pad_token_id=PAD_ID, eos_token_id=LLAMA_32_3B["eos_token_id"])
+
+    def run(chunk):
+        longest = max(chunk)
+        ids = torch.full((len(chunk), longest), PAD_ID)
+        mask = torch.zeros((len(chunk), longest), dtype=torch.long)
+        for row, length in enumerate(chunk):
+            ids[row, longest - length:] = torch.randint(1000, 128000, (length,), generator=generator)
+            mask[row, longest - length:] = 1
+        with torch.inference_mode():
+            model.generate(input_ids=ids.cuda(), attention_mask=mask.cuda(), generation_config=config)
+
+    run(prompts[:batch])  # warm-up
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for first in range(0, len(prompts), batch):
+        run(prompts[first:first + batch])
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return {"setup": "generation", "description": f"greedy generation, bf16 merged weights, batches of {batch}, "
+            f"{new_tokens} new tokens per dialogue (the median DialogSum summary)", "dialogues": len(prompts),
+            "new_tokens": new_tokens, "batch": batch, "seconds": round(seconds, 2),
+            "dialogues_per_second": round(len(prompts) / seconds, 2),
+            "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+
+
 class _PadOnly:
     """The little of a tokenizer transformers' LM collator needs for the seed set-up (pads with the reserved id)."""
 
@@ -185,6 +231,8 @@ def main(argv=None):
     parser.add_argument("--tokenizer", default=".cache/SmolLM2-135M-Instruct",
                         help="tokenizer for the lengths (Llama 3's is gated; SmolLM2's counts are within ~10%%)")
     parser.add_argument("--model_dir", default="/tmp/llama-3.2-3b-random")
+    parser.add_argument("--generation_dialogues", type=int, default=512,
+                        help="dialogues for the generation-speed measurement (0: skip it)")
     parser.add_argument("--output", required=True)
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one set-up in this process
     args = parser.parse_args(argv)
@@ -193,22 +241,28 @@ def main(argv=None):
     if args.one:
         with open(lengths_file) as handle:
             lengths = json.load(handle)
-        print("RESULT " + json.dumps(run_setup(args.one, args.model_dir, lengths, args.steps, args.warmup)), flush=True)
+        if args.one == "generation":
+            result = generation_speed(args.model_dir, lengths, args.generation_dialogues, batch=64)
+        else:
+            result = run_setup(args.one, args.model_dir, lengths, args.steps, args.warmup)
+        print("RESULT " + json.dumps(result), flush=True)
         return
 
     build_model_dir(args.model_dir)
     with open(lengths_file, "w") as handle:
         json.dump(dialogsum_lengths(args.data, args.tokenizer, args.rows), handle)
     results = []
-    for name in args.setups:
+    for name in args.setups + (["generation"] if args.generation_dialogues else []):
         command = [sys.executable, __file__, "--one", name, "--steps", str(args.steps), "--warmup", str(args.warmup),
-                   "--model_dir", args.model_dir, "--output", args.output]
+                   "--generation_dialogues", str(args.generation_dialogues), "--model_dir", args.model_dir,
+                   "--output", args.output]
         done = subprocess.run(command, capture_output=True, text=True)
         line = next((line for line in done.stdout.splitlines() if line.startswith("RESULT ")), None)
         if line is None:
             lines = [line for line in done.stderr.splitlines() if "Error" in line or "error" in line]
             error = (lines or done.stderr.strip().splitlines() or ["no output"])[-1]
-            results.append({"setup": name, "description": SETUPS[name][0], "error": error[:500]})
+            description = SETUPS[name][0] if name in SETUPS else "greedy generation"
+            results.append({"setup": name, "description": description, "error": error[:500]})
         else:
             results.append(json.loads(line[len("RESULT "):]))
         print(json.dumps(results[-1]), flush=True)
@@ -217,7 +271,8 @@ def main(argv=None):
                       handle, indent=2)
     print(f"{'setup':16} {'tokens/s':>10} {'peak GiB':>9}")
     for row in results:
-        print(f"{row['setup']:16} {row.get('tokens_per_second', 'error'):>10} {row.get('peak_allocated_gib', ''):>9}")
+        speed = row.get("tokens_per_second", row.get("dialogues_per_second", "error"))
+        print(f"{row['setup']:16} {speed:>10} {row.get('peak_allocated_gib', ''):>9}")
 
 
 if __name__ == "__main__":

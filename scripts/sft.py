@@ -14,6 +14,7 @@ import yaml
 from trl import get_peft_config, get_quantization_config
 
 from dialogsum_sft import artifacts
+from dialogsum_sft.attention import register_varlen_attention
 from dialogsum_sft.configs import parse_recipe
 from dialogsum_sft.data import fit_to_max_length, format_report, load_dialogsum, to_prompt_completion
 from dialogsum_sft.errors import UnreachableError, run_cli
@@ -91,6 +92,11 @@ def main(argv=None):
     ###################
     # 3. Model and trainer (TRL loads the 4-bit base and wraps it with LoRA)
     ###################
+    register_varlen_attention()  # `attn_implementation: sdpa_varlen` in a recipe
+    if training_args.padding_free and not training_args.packing:
+        # Step 2 already dropped every example longer than max_length; TRL refuses a max_length it cannot enforce
+        # without packing, so it gets none.
+        training_args.max_length = None
     training_args.model_init_kwargs = {
         "revision": model_args.model_revision,
         "attn_implementation": model_args.attn_implementation,

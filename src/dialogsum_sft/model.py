@@ -7,10 +7,10 @@ import os
 from .errors import ModelError, RecipeError, UnreachableError
 
 
-# Attention implementations that keep padding-free / packed sequences apart: flash attention reads the sequence
-# boundaries (cu_seq_lens) the collator passes, and transformers builds a block-diagonal mask from position_ids for
-# sdpa, eager and flex attention (tests/test_packing.py checks it for the ones that run on CPU).
-PACKING_SAFE_ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3")
+# Attention implementations that keep padding-free / packed sequences apart: flash attention and this project's
+# sdpa_varlen (attention.py) read the sequence boundaries (cu_seq_lens) the collator passes, and transformers builds
+# a block-diagonal mask from position_ids for sdpa, eager and flex attention (tests/test_packing.py checks them).
+PACKING_SAFE_ATTENTION = ("sdpa_varlen", "sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3")
 # Llama 3 reserves a pad token; using it keeps padding apart from <|eot_id|>, which the model must learn to emit.
 RESERVED_PAD_TOKENS = ("<|finetune_right_pad_id|>",)
 
