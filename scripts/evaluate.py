@@ -7,9 +7,9 @@
     python scripts/evaluate.py outputs/run --push_only                   # publish an evaluated adapter as is
 
 Writes eval_results.json (metrics in the shape card.py documents), eval_results.md, predictions.jsonl, rouge.png
-and loss.png to --output_dir (default: <adapter dir>/eval, or ./eval-<name> for a Hub adapter). The base model is
-loaded in bf16 (GPU) or float32 (CPU) with the LoRA weights merged, which is fast but differs slightly from the
-4-bit forward pass the adapter trained with; --load_in_4bit evaluates exactly as in training (slower).
+and loss.png to --output_dir (default: <adapter dir>/eval, or ./eval-<name> for a Hub adapter). The zero-shot base
+runs in bf16 (GPU) or float32 (CPU). The fine-tuned model, by default, merges the adapter into the base weights
+rounded to NF4 exactly as training saw them (--weights; docs/benchmarks.md compares the choices).
 """
 
 import argparse
@@ -27,14 +27,15 @@ from dialogsum_sft.errors import DataError, UserError, run_cli
 from dialogsum_sft.generation import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
+    TUNED_WEIGHTS,
     default_device,
-    four_bit_config,
     load_for_generation,
     prepare_adapter,
     read_json,
     read_recipe,
     resolve_dtype,
     summarize,
+    tuned_loading,
 )
 from dialogsum_sft.hub import HubError, as_hub_error, push_folder, resolve_adapter
 from dialogsum_sft.model import is_local_path
@@ -73,8 +74,9 @@ def parse_args(argv):
     parser.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"),
                         help="weights dtype (auto: bfloat16 on GPU, float32 on CPU)")
     parser.add_argument("--no_base", action="store_true", help="skip the zero-shot base model")
-    parser.add_argument("--load_in_4bit", action="store_true",
-                        help="4-bit base with the adapter unmerged, exactly as in training (slower)")
+    parser.add_argument("--weights", default="auto", choices=("auto", *TUNED_WEIGHTS),
+                        help="fine-tuned weights: " + "; ".join(f"{k}: {v}" for k, v in TUNED_WEIGHTS.items())
+                        + " (auto: nf4-merged for adapters trained on a 4-bit base)")
     parser.add_argument("--output_dir", help="default: <adapter dir>/eval, or ./eval-<name> for a Hub adapter")
     parser.add_argument("--push_to_hub", action="store_true",
                         help="publish the adapter and its card after evaluating")
@@ -304,14 +306,13 @@ def main(argv=None):
     ###################
     device = default_device()
     dtype = resolve_dtype(args.dtype, device)
-    quantization = four_bit_config(adapter.recipe, dtype) if args.load_in_4bit else None
-    if quantization is not None:
-        dtype = quantization.bnb_4bit_compute_dtype  # the unquantized layers too, as in training
-    load = dict(dtype=dtype, device=device, merge=not args.load_in_4bit, quantization_config=quantization)
+    weights, tuned_load = tuned_loading(adapter.recipe, args.weights, dtype, device)
     predictions, timing = {"base": None}, {}
     if not args.no_base:
-        predictions["base"], timing["base"] = generate("base", adapter, None, dialogues, args, load)
-    predictions["tuned"], timing["tuned"] = generate("fine-tuned", adapter, adapter.directory, dialogues, args, load)
+        base_load = dict(dtype=dtype, device=device, merge=False)  # the published base model, as users get it
+        predictions["base"], timing["base"] = generate("base", adapter, None, dialogues, args, base_load)
+    predictions["tuned"], timing["tuned"] = generate("fine-tuned", adapter, adapter.directory, dialogues, args,
+                                                     tuned_load)
 
     ###################
     # 4. Scores, predictions, report, plots
@@ -326,8 +327,9 @@ def main(argv=None):
         "base": {protocol: scores["base"][protocol] for protocol in PROTOCOLS} if "base" in scores else None,
         "generation": {
             "max_new_tokens": args.max_new_tokens, "do_sample": False, "num_beams": 1,
-            "stop_token_ids": adapter.stop_ids, "batch_size": args.batch_size, "dtype": str(dtype).split(".")[-1],
-            "base_weights": "4-bit as in training, adapter unmerged" if args.load_in_4bit else "adapter merged",
+            "stop_token_ids": adapter.stop_ids, "batch_size": args.batch_size,
+            "dtype": str(tuned_load["dtype"]).split(".")[-1], "tuned_weights": weights,
+            "tuned_weights_description": TUNED_WEIGHTS[weights],
         },
         "adapter": args.adapter,
         "adapter_revision": args.revision,

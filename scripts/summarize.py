@@ -18,12 +18,13 @@ import sys
 
 from dialogsum_sft.errors import DataError, UserError, run_cli
 from dialogsum_sft.generation import (
+    TUNED_WEIGHTS,
     default_device,
-    four_bit_config,
     load_for_generation,
     prepare_adapter,
     resolve_dtype,
     summarize,
+    tuned_loading,
 )
 
 
@@ -44,8 +45,9 @@ def parse_args(argv):
     parser.add_argument("--max_new_tokens", type=int, default=128)
     parser.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"),
                         help="weights dtype (auto: bfloat16 on GPU, float32 on CPU)")
-    parser.add_argument("--load_in_4bit", action="store_true",
-                        help="4-bit base with the adapter unmerged, exactly as in training (slower)")
+    parser.add_argument("--weights", default="auto", choices=("auto", *TUNED_WEIGHTS),
+                        help="; ".join(f"{k}: {v}" for k, v in TUNED_WEIGHTS.items())
+                        + " (auto: nf4-merged for adapters trained on a 4-bit base)")
     args = parser.parse_args(argv)
     for name in ("batch_size", "max_new_tokens"):
         if getattr(args, name) < 1:
@@ -116,11 +118,8 @@ def main(argv=None):
     ###################
     device = default_device()
     dtype = resolve_dtype(args.dtype, device)
-    quantization = four_bit_config(adapter.recipe, dtype) if args.load_in_4bit else None
-    if quantization is not None:
-        dtype = quantization.bnb_4bit_compute_dtype  # the unquantized layers too, as in training
-    model = load_for_generation(adapter.base_model, adapter.directory, dtype=dtype, device=device,
-                                merge=quantization is None, quantization_config=quantization)
+    _, load = tuned_loading(adapter.recipe, args.weights, dtype, device)
+    model = load_for_generation(adapter.base_model, adapter.directory, **load)
 
     ###################
     # 4. Summaries

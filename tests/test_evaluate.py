@@ -10,7 +10,7 @@ import pytest
 import torch
 from test_generation import BASE_HUB_ID, tiny_adapter, tiny_llama
 
-from dialogsum_sft.generation import load_for_generation, prepare_adapter, summarize
+from dialogsum_sft.generation import load_for_generation, prepare_adapter, summarize, tuned_loading
 from helpers import ROOT, error_lines, run_script
 from hub_server import TOKEN
 
@@ -82,8 +82,12 @@ def test_evaluate_writes_every_file_with_base_and_tuned_from_separate_models(
     adapter = prepare_adapter(adapter_dir)
     dialogues = [row["dialogue"] for row in rows]
     torch.set_num_threads(1)
-    for name, folder in (("base", None), ("tuned", adapter_dir)):
-        model = load_for_generation(base_dir, folder, dtype=torch.float32, device="cpu", merge=True)
+    # The adapter trained on a 4-bit base, so by default it merges into the NF4-rounded weights it trained against.
+    weights, tuned_load = tuned_loading(adapter.recipe, "auto", torch.float32, "cpu")
+    assert weights == metrics["generation"]["tuned_weights"] == "nf4-merged"
+    base_load = dict(dtype=torch.float32, device="cpu", merge=False)
+    for name, folder, load in (("base", None, base_load), ("tuned", adapter_dir, tuned_load)):
+        model = load_for_generation(base_dir, folder, **load)
         expected = summarize(model, adapter.tokenizer, dialogues, batch_size=2, max_new_tokens=8,
                              stop_ids=adapter.stop_ids, progress=False)
         assert [row[name] for row in rows] == expected

@@ -9,7 +9,7 @@ import yaml
 
 from dialogsum_sft.data import render_prompt
 from dialogsum_sft.errors import ModelError
-from dialogsum_sft.generation import load_for_generation, prepare_adapter, summarize
+from dialogsum_sft.generation import four_bit_config, load_for_generation, prepare_adapter, summarize
 from dialogsum_sft.model import load_tokenizer
 
 
@@ -124,6 +124,26 @@ def test_merged_adapter_matches_unmerged_and_base_stays_untouched(base, base_dir
     torch.testing.assert_close(merged_logits, unmerged_logits, atol=1e-4, rtol=1e-4)
     assert type(merged).__name__ == "LlamaForCausalLM"  # merged: plain model, no LoRA layers left
     torch.testing.assert_close(after, before)  # loading adapters did not modify a separately loaded base
+
+
+def test_merging_into_the_dequantized_nf4_base_matches_the_4bit_forward(base, tmp_path, smollm2_dir):
+    _, tokenizer = base
+    inputs = tokenizer(DIALOGUES[:2], return_tensors="pt", padding=True)
+    base_dir = tiny_llama(tmp_path / "base", smollm2_dir, hidden_size=256)
+    adapter_dir = tiny_adapter(tmp_path / "adapter", base_dir)
+    nf4 = four_bit_config({"bnb_4bit_quant_type": "nf4", "use_bnb_nested_quant": True}, torch.float32)
+    load = dict(dtype=torch.float32, device="cpu")
+    with torch.inference_mode():
+        # In train mode bitsandbytes runs the forward training ran (its CPU inference kernel computes in bf16);
+        # the adapter has no dropout, so train mode changes nothing else.
+        exact = load_for_generation(base_dir, adapter_dir, merge=False, quantization_config=nf4, **load).train()
+        nf4_merged = load_for_generation(base_dir, adapter_dir, merge=True, quantization_config=nf4, **load)
+        full_merged = load_for_generation(base_dir, adapter_dir, merge=True, **load)
+        exact_logits, nf4_logits = exact(**inputs).logits, nf4_merged(**inputs).logits
+        full_logits = full_merged(**inputs).logits
+    assert type(nf4_merged.model.layers[0].mlp.up_proj) is torch.nn.Linear  # plain layers: merged speed
+    torch.testing.assert_close(nf4_logits, exact_logits, atol=1e-3, rtol=1e-3)
+    assert not torch.allclose(full_logits, exact_logits, atol=1e-2)  # NF4 rounding is what the check above keeps
 
 
 def test_prepare_adapter_uses_the_local_base_from_the_recipe_and_checks_the_fit(tmp_path, base_dir, smollm2_dir):

@@ -3,10 +3,11 @@
 Evaluation (scripts/evaluate.py) and inference (scripts/summarize.py) both go through `prepare_adapter`,
 `load_for_generation` and `summarize`, so the numbers reported are those of the summaries users get.
 
-Precision: the adapter was trained on a 4-bit (NF4) base. By default it is evaluated on the base in bf16 (GPU) or
-float32 (CPU) with the LoRA weights merged in, which is fast but not identical to the training forward pass: the
-base weights are not NF4-rounded, so scores differ slightly. A 4-bit base (`four_bit_config`, merge=False) runs
-exactly as in training: same BitsAndBytesConfig, adapter kept unmerged.
+Precision: the adapter was trained on a 4-bit (NF4) base. Three ways to load it:
+- the base in bf16 (GPU) or float32 (CPU) with the LoRA weights merged in: fast, but the base weights are not the
+  NF4-rounded ones the adapter learned against;
+- a 4-bit base (`four_bit_config`, merge=False): exactly the training forward pass, adapter unmerged, slowest;
+- a 4-bit base dequantized before merging (`four_bit_config`, merge=True): the weights training saw, at merged speed.
 """
 
 from __future__ import annotations
@@ -185,6 +186,24 @@ def four_bit_config(recipe: dict, dtype):
     return get_quantization_config(ModelConfig(load_in_4bit=True, dtype=compute_dtype, **settings))
 
 
+# How the fine-tuned model's weights are built (see the module docstring).
+TUNED_WEIGHTS = {
+    "nf4-merged": "base rounded to 4-bit NF4 as in training, dequantized, adapter merged",
+    "nf4": "base in 4-bit NF4 as in training, adapter unmerged",
+    "merged": "original base weights, adapter merged",
+}
+
+
+def tuned_loading(recipe: dict, weights: str, dtype, device: str) -> tuple[str, dict]:
+    """`load_for_generation` settings for an adapter; `auto` is nf4-merged for adapters trained on a 4-bit base."""
+    if weights == "auto":
+        weights = "nf4-merged" if recipe.get("load_in_4bit") else "merged"
+    quantization = four_bit_config(recipe, dtype) if weights.startswith("nf4") else None
+    if quantization is not None:
+        dtype = quantization.bnb_4bit_compute_dtype  # the unquantized layers too, as in training
+    return weights, dict(dtype=dtype, device=device, merge=weights != "nf4", quantization_config=quantization)
+
+
 def load_for_generation(
     base_name_or_path: str,
     adapter_dir: str | Path | None,
@@ -198,18 +217,19 @@ def load_for_generation(
 
     Each call loads fresh weights: PEFT injects LoRA layers into the model it is given, so a base model meant for a
     zero-shot comparison must never be one an adapter was loaded onto. `merge` folds the LoRA weights into the
-    base weights (faster generation); it is refused on a quantized base, where it would round the merged weights.
+    base weights (faster generation); with a `quantization_config` the 4-bit base is first dequantized, so the
+    adapter merges into the NF4-rounded weights it trained against (merging into 4-bit layers would round again).
     """
     from transformers import AutoModelForCausalLM
 
-    if merge and quantization_config is not None:
-        raise ModelError("cannot merge an adapter into a 4-bit base: evaluate unmerged (merge=False)")
     try:
         model = AutoModelForCausalLM.from_pretrained(
             base_name_or_path, dtype=dtype, device_map={"": device}, quantization_config=quantization_config
         )
     except Exception as err:
         raise explain_load_error(err, base_name_or_path, what="base model") from err
+    if merge and quantization_config is not None:
+        model = model.dequantize(dtype=dtype)
     if adapter_dir is not None:
         from peft import PeftModel
 
