@@ -122,6 +122,24 @@ def sft_in_process(capsys, *args):
     return status, [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
 
 
+def test_padding_free_run_on_sdpa_varlen_trains_and_keeps_the_recipe_as_written(tmp_path, capsys, tiny_model_dir,
+                                                                                small_data_dir):
+    out = tmp_path / "run"
+    status, errors = sft_in_process(
+        capsys, "--model_name_or_path", tiny_model_dir, "--base_model_hub_id", "org/tiny", "--dataset_name",
+        small_data_dir, "--output_dir", out, "--max_train_samples", "8", "--max_steps", "2",
+        "--per_device_train_batch_size", "4", "--padding_free", "true", "--attn_implementation", "sdpa_varlen",
+        "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none", "--bf16", "false",
+        "--dtype", "float32", "--bnb_4bit_quant_storage", "float32",
+    )
+    assert (status, errors) == (None, [])
+    assert (out / "adapter_model.safetensors").is_file()
+    # max_length filtered the data; TRL, which refuses it without packing, got none, but the recipe copy keeps it
+    recipe = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert recipe["padding_free"] is True and recipe["max_length"] == 1024
+    assert recipe["attn_implementation"] == "sdpa_varlen"
+
+
 def test_missing_local_model_is_one_line_and_leaves_no_output(tmp_path, small_data_dir):
     out = tmp_path / "out"
     result = run_script("sft.py", RECIPE, "--use_cpu", "true", "--model_name_or_path", "./no/such/model",
