@@ -45,6 +45,16 @@ SETUPS = {
     "ours-fast-sdpa": ("padding-free batches of 32 with sdpa (dense block-diagonal mask), no checkpointing",
                        dict(trainer="trl", batch=32, accum=1, checkpointing=False, optim="adamw_torch_fused", r=16,
                             targets="all-linear", padding_free=True, attn="sdpa")),
+    "ours-fast-nodropout": ("the fast setting with lora_dropout 0 (PEFT then skips the dropout copy of each "
+                            "projection's input)",
+                            dict(trainer="trl", batch=32, accum=1, checkpointing=False, optim="adamw_torch_fused",
+                                 r=16, targets="all-linear", padding_free=True, attn="sdpa_varlen", dropout=0.0)),
+    "ours-fast-b48": ("the fast setting with lora_dropout 0 and batches of 48",
+                      dict(trainer="trl", batch=48, accum=1, checkpointing=False, optim="adamw_torch_fused", r=16,
+                           targets="all-linear", padding_free=True, attn="sdpa_varlen", dropout=0.0)),
+    "ours-fast-b64": ("the fast setting with lora_dropout 0 and batches of 64",
+                      dict(trainer="trl", batch=64, accum=1, checkpointing=False, optim="adamw_torch_fused", r=16,
+                           targets="all-linear", padding_free=True, attn="sdpa_varlen", dropout=0.0)),
     "ours-grouped": ("padded batches of 32 grouped by length, no checkpointing",
                      dict(trainer="trl", batch=32, accum=1, checkpointing=False, optim="adamw_torch_fused", r=16,
                           targets="all-linear", padding_free=False, attn="sdpa", group_by_length=True)),
@@ -82,7 +92,8 @@ def build_model_dir(path: str) -> None:
     model.save_pretrained(path)
 
 
-def run_setup(name: str, model_dir: str, lengths: list[tuple[int, int]], steps: int, warmup: int) -> dict:
+def run_setup(name: str, model_dir: str, lengths: list[tuple[int, int]], steps: int, warmup: int,
+              profile: str | None = None) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -102,7 +113,7 @@ def run_setup(name: str, model_dir: str, lengths: list[tuple[int, int]], steps: 
     )
     model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=quantization, dtype=torch.bfloat16,
                                                  attn_implementation=spec["attn"], device_map={"": 0})
-    lora = LoraConfig(r=spec["r"], lora_alpha=2 * spec["r"], lora_dropout=0.05, target_modules=spec["targets"],
+    lora = LoraConfig(r=spec["r"], lora_alpha=2 * spec["r"], lora_dropout=spec.get("dropout", 0.05), target_modules=spec["targets"],
                       task_type="CAUSAL_LM")
     common = dict(output_dir=f"/tmp/bench-{name}", per_device_train_batch_size=spec["batch"],
                   gradient_accumulation_steps=spec["accum"], gradient_checkpointing=spec["checkpointing"],
@@ -124,7 +135,24 @@ def run_setup(name: str, model_dir: str, lengths: list[tuple[int, int]], steps: 
                 torch.cuda.synchronize()
                 self.end, self.tokens_at_end = time.perf_counter(), state.num_input_tokens_seen
 
+    class Profile(TrainerCallback):
+        """A torch.profiler table of two steps after warm-up: where the GPU time of one set-up goes."""
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == warmup:
+                self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
+                self.profiler.__enter__()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == warmup + 2:
+                torch.cuda.synchronize()
+                self.profiler.__exit__(None, None, None)
+                table = self.profiler.key_averages().table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=70)
+                with open(profile, "w") as handle:
+                    handle.write(table)
+
     clock = Clock()
+    callbacks = [clock, Profile()] if profile else [clock]
     if spec["trainer"] == "transformers":
         from peft import get_peft_model, prepare_model_for_kbit_training
         from transformers import DataCollatorForLanguageModeling
@@ -133,7 +161,7 @@ def run_setup(name: str, model_dir: str, lengths: list[tuple[int, int]], steps: 
         dataset = Dataset.from_dict({"input_ids": ids})
         args = TrainingArguments(**common, include_num_input_tokens_seen="non_padding")
         collator = DataCollatorForLanguageModeling(tokenizer=_PadOnly(), mlm=False)
-        trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=[clock])
+        trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=callbacks)
     else:
         masks = [[0] * p + [1] * c for p, c in lengths]
         dataset = Dataset.from_dict({"input_ids": ids, "completion_mask": masks})
@@ -141,7 +169,7 @@ def run_setup(name: str, model_dir: str, lengths: list[tuple[int, int]], steps: 
         args = SFTConfig(**common, completion_only_loss=True, padding_free=spec["padding_free"], max_length=None,
                          include_num_input_tokens_seen="non_padding", pad_token=None)
         trainer = QLoRASFTTrainer(model=model, args=args, train_dataset=dataset, peft_config=lora,
-                                  processing_class=_tokenizer_stub(), callbacks=[clock])
+                                  processing_class=_tokenizer_stub(), callbacks=callbacks)
     torch.cuda.reset_peak_memory_stats()
     trainer.train()
     seconds = clock.end - clock.start
@@ -233,6 +261,9 @@ def main(argv=None):
     parser.add_argument("--model_dir", default="/tmp/llama-3.2-3b-random")
     parser.add_argument("--generation_dialogues", type=int, default=512,
                         help="dialogues for the generation-speed measurement (0: skip it)")
+    parser.add_argument("--profile", help="internal: profile file of the set-up run with --one")
+    parser.add_argument("--profile_setup", help="write a torch.profiler table of this set-up (2 steps after warm-up) "
+                        "next to --output; its tokens/s then include the profiler's overhead")
     parser.add_argument("--output", required=True)
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one set-up in this process
     args = parser.parse_args(argv)
@@ -244,7 +275,7 @@ def main(argv=None):
         if args.one == "generation":
             result = generation_speed(args.model_dir, lengths, args.generation_dialogues, batch=64)
         else:
-            result = run_setup(args.one, args.model_dir, lengths, args.steps, args.warmup)
+            result = run_setup(args.one, args.model_dir, lengths, args.steps, args.warmup, args.profile)
         print("RESULT " + json.dumps(result), flush=True)
         return
 
@@ -256,6 +287,8 @@ def main(argv=None):
         command = [sys.executable, __file__, "--one", name, "--steps", str(args.steps), "--warmup", str(args.warmup),
                    "--generation_dialogues", str(args.generation_dialogues), "--model_dir", args.model_dir,
                    "--output", args.output]
+        if name == args.profile_setup:
+            command += ["--profile", os.path.splitext(args.output)[0] + f"-profile-{name}.txt"]
         done = subprocess.run(command, capture_output=True, text=True)
         line = next((line for line in done.stdout.splitlines() if line.startswith("RESULT ")), None)
         if line is None:
