@@ -4,6 +4,7 @@ import types
 
 import numpy as np
 import pytest
+import torch
 from huggingface_hub import ModelCard
 
 from dialogsum_sft.card import build_model_card, usage_snippet
@@ -100,7 +101,11 @@ def test_snippet_carries_the_exact_prompt_and_compiles():
     compile(code, "README.md", "exec")
 
 
-def test_snippet_builds_the_training_prompt_and_decodes_only_new_tokens(monkeypatch, capsys):
+QLORA_RECIPE = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "use_bnb_nested_quant": True, "dtype": "bfloat16"}
+
+
+@pytest.mark.parametrize("recipe", [QLORA_RECIPE, {"load_in_4bit": False}])
+def test_snippet_builds_the_training_prompt_and_decodes_only_new_tokens(monkeypatch, capsys, recipe):
     calls = {}
 
     class Inputs(dict):
@@ -123,14 +128,26 @@ def test_snippet_builds_the_training_prompt_and_decodes_only_new_tokens(monkeypa
             return np.concatenate([input_ids, [[7, 8, 9]]], axis=1)
 
     fake_peft = types.ModuleType("peft")
-    fake_peft.AutoPeftModelForCausalLM = types.SimpleNamespace(from_pretrained=lambda repo: Model())
+
+    def from_pretrained(repo, **kwargs):
+        calls["load"] = kwargs
+        return Model()
+
+    fake_peft.AutoPeftModelForCausalLM = types.SimpleNamespace(from_pretrained=from_pretrained)
     fake_transformers = types.ModuleType("transformers")
+    fake_transformers.BitsAndBytesConfig = lambda **kwargs: kwargs
     fake_transformers.AutoTokenizer = types.SimpleNamespace(from_pretrained=lambda repo: Tokenizer())
     monkeypatch.setitem(sys.modules, "peft", fake_peft)
     monkeypatch.setitem(sys.modules, "transformers", fake_transformers)
 
     namespace = {}
-    exec(usage_snippet(REPO_ID), namespace)
+    exec(usage_snippet(REPO_ID, recipe), namespace)
+    # A QLoRA adapter runs on the base quantized as in training (the weights it learned against).
+    expected_load = {"quantization_config": {
+        "load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
+        "bnb_4bit_compute_dtype": torch.bfloat16,
+    }} if recipe["load_in_4bit"] else {}
+    assert calls["load"] == expected_load
     assert calls["messages"] == build_prompt(namespace["dialogue"])
     assert calls["template_kwargs"] == {
         "add_generation_prompt": True, "return_dict": True, "return_tensors": "pt", **CHAT_TEMPLATE_KWARGS
