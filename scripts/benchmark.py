@@ -29,42 +29,31 @@ LLAMA_32_3B = dict(
 )
 PAD_ID = 128004  # <|finetune_right_pad_id|>
 
+# TRL SFTTrainer with this project's LoRA (r16 on all linear layers) and no checkpointing; set-ups change from here.
+TRL = dict(trainer="trl", batch=32, accum=1, checkpointing=False, optim="adamw_torch_fused", r=16, dropout=0.05,
+           targets="all-linear", padding_free=True, attn="sdpa_varlen")
 # name: (description, trainer settings). "seed" is the notebook this project replaces.
 SETUPS = {
     "seed": ("seed notebook: transformers.Trainer, batch 1 x accum 4, grad. checkpointing, paged_adamw_8bit, "
              "LoRA r32 q/k/v/o, loss on the whole sequence",
              dict(trainer="transformers", batch=1, accum=4, checkpointing=True, optim="paged_adamw_8bit", r=32,
-                  targets=["q_proj", "k_proj", "v_proj", "o_proj"], padding_free=False, attn="sdpa")),
+                  dropout=0.05, targets=["q_proj", "k_proj", "v_proj", "o_proj"], padding_free=False, attn="sdpa")),
     "trl-padded": ("stock TRL SFTTrainer: padded batches of 16, no checkpointing, r16 all-linear",
-                   dict(trainer="trl", batch=16, accum=1, checkpointing=False, optim="adamw_torch_fused", r=16,
-                        targets="all-linear", padding_free=False, attn="sdpa")),
+                   {**TRL, "batch": 16, "padding_free": False, "attn": "sdpa"}),
     "ours-fast": ("this recipe, fastest: padding-free batches of 32 on PyTorch's varlen FlashAttention-2 "
-                  "(sdpa_varlen), fused LM-head loss, no checkpointing",
-                  dict(trainer="trl", batch=32, accum=1, checkpointing=False, optim="adamw_torch_fused", r=16,
-                       targets="all-linear", padding_free=True, attn="sdpa_varlen")),
+                  "(sdpa_varlen), fused LM-head loss, no checkpointing", TRL),
     "ours-fast-sdpa": ("padding-free batches of 32 with sdpa (dense block-diagonal mask), no checkpointing",
-                       dict(trainer="trl", batch=32, accum=1, checkpointing=False, optim="adamw_torch_fused", r=16,
-                            targets="all-linear", padding_free=True, attn="sdpa")),
+                       {**TRL, "attn": "sdpa"}),
     "ours-fast-nodropout": ("the fast setting with lora_dropout 0 (PEFT then skips the dropout copy of each "
-                            "projection's input)",
-                            dict(trainer="trl", batch=32, accum=1, checkpointing=False, optim="adamw_torch_fused",
-                                 r=16, targets="all-linear", padding_free=True, attn="sdpa_varlen", dropout=0.0)),
-    "ours-fast-b48": ("the fast setting with lora_dropout 0 and batches of 48",
-                      dict(trainer="trl", batch=48, accum=1, checkpointing=False, optim="adamw_torch_fused", r=16,
-                           targets="all-linear", padding_free=True, attn="sdpa_varlen", dropout=0.0)),
-    "ours-fast-b64": ("the fast setting with lora_dropout 0 and batches of 64",
-                      dict(trainer="trl", batch=64, accum=1, checkpointing=False, optim="adamw_torch_fused", r=16,
-                           targets="all-linear", padding_free=True, attn="sdpa_varlen", dropout=0.0)),
+                            "projection's input)", {**TRL, "dropout": 0.0}),
+    "ours-fast-b48": ("the fast setting with lora_dropout 0 and batches of 48", {**TRL, "dropout": 0.0, "batch": 48}),
+    "ours-fast-b64": ("the fast setting with lora_dropout 0 and batches of 64", {**TRL, "dropout": 0.0, "batch": 64}),
     "ours-grouped": ("padded batches of 32 grouped by length, no checkpointing",
-                     dict(trainer="trl", batch=32, accum=1, checkpointing=False, optim="adamw_torch_fused", r=16,
-                          targets="all-linear", padding_free=False, attn="sdpa", group_by_length=True)),
+                     {**TRL, "padding_free": False, "attn": "sdpa", "group_by_length": True}),
     "ours-lean": ("this recipe, lean: padding-free batches of 8 x accum 4 on sdpa_varlen, gradient checkpointing",
-                  dict(trainer="trl", batch=8, accum=4, checkpointing=True, optim="adamw_torch_fused", r=16,
-                       targets="all-linear", padding_free=True, attn="sdpa_varlen")),
+                  {**TRL, "batch": 8, "accum": 4, "checkpointing": True}),
     "ours-lean-b16": ("this recipe, lean with bigger batches: padding-free 16 x accum 2 on sdpa_varlen, "
-                      "gradient checkpointing",
-                      dict(trainer="trl", batch=16, accum=2, checkpointing=True, optim="adamw_torch_fused", r=16,
-                           targets="all-linear", padding_free=True, attn="sdpa_varlen")),
+                      "gradient checkpointing", {**TRL, "batch": 16, "accum": 2, "checkpointing": True}),
 }
 
 
@@ -113,7 +102,7 @@ def run_setup(name: str, model_dir: str, lengths: list[tuple[int, int]], steps: 
     )
     model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=quantization, dtype=torch.bfloat16,
                                                  attn_implementation=spec["attn"], device_map={"": 0})
-    lora = LoraConfig(r=spec["r"], lora_alpha=2 * spec["r"], lora_dropout=spec.get("dropout", 0.05), target_modules=spec["targets"],
+    lora = LoraConfig(r=spec["r"], lora_alpha=2 * spec["r"], lora_dropout=spec["dropout"], target_modules=spec["targets"],
                       task_type="CAUSAL_LM")
     common = dict(output_dir=f"/tmp/bench-{name}", per_device_train_batch_size=spec["batch"],
                   gradient_accumulation_steps=spec["accum"], gradient_checkpointing=spec["checkpointing"],
