@@ -28,6 +28,7 @@ from dialogsum_sft.generation import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     TUNED_WEIGHTS,
+    TUNED_WEIGHTS_HELP,
     default_device,
     load_for_generation,
     prepare_adapter,
@@ -75,8 +76,7 @@ def parse_args(argv):
                         help="weights dtype (auto: bfloat16 on GPU, float32 on CPU)")
     parser.add_argument("--no_base", action="store_true", help="skip the zero-shot base model")
     parser.add_argument("--weights", default="auto", choices=("auto", *TUNED_WEIGHTS),
-                        help="fine-tuned weights: " + "; ".join(f"{k}: {v}" for k, v in TUNED_WEIGHTS.items())
-                        + " (auto: nf4-merged for adapters trained on a 4-bit base)")
+                        help=TUNED_WEIGHTS_HELP)
     parser.add_argument("--output_dir", help="default: <adapter dir>/eval, or ./eval-<name> for a Hub adapter")
     parser.add_argument("--push_to_hub", action="store_true",
                         help="publish the adapter and its card after evaluating")

@@ -19,6 +19,7 @@ import sys
 from dialogsum_sft.errors import DataError, UserError, run_cli
 from dialogsum_sft.generation import (
     TUNED_WEIGHTS,
+    TUNED_WEIGHTS_HELP,
     default_device,
     load_for_generation,
     prepare_adapter,
@@ -46,8 +47,7 @@ def parse_args(argv):
     parser.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"),
                         help="weights dtype (auto: bfloat16 on GPU, float32 on CPU)")
     parser.add_argument("--weights", default="auto", choices=("auto", *TUNED_WEIGHTS),
-                        help="; ".join(f"{k}: {v}" for k, v in TUNED_WEIGHTS.items())
-                        + " (auto: nf4-merged for adapters trained on a 4-bit base)")
+                        help=TUNED_WEIGHTS_HELP)
     args = parser.parse_args(argv)
     for name in ("batch_size", "max_new_tokens"):
         if getattr(args, name) < 1:

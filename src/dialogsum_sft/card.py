@@ -131,10 +131,12 @@ def usage_snippet(repo_id: str, recipe: dict | None = None) -> str:
     """
     recipe = recipe or {}
     if recipe.get("load_in_4bit"):
+        # ModelConfig also accepts "auto" and None, which are no torch dtype; bf16 is what QLoRA computes in then.
+        compute_dtype = recipe.get("dtype") if recipe.get("dtype") in ("bfloat16", "float16", "float32") else "bfloat16"
         quantization = (
             f"\n    load_in_4bit=True, bnb_4bit_quant_type={recipe.get('bnb_4bit_quant_type', 'nf4')!r}, "
             f"bnb_4bit_use_double_quant={bool(recipe.get('use_bnb_nested_quant'))},"
-            f"\n    bnb_4bit_compute_dtype=torch.{recipe.get('dtype') or 'bfloat16'},\n"
+            f"\n    bnb_4bit_compute_dtype=torch.{compute_dtype},\n"
         )
         load = f'''import torch
 from peft import AutoPeftModelForCausalLM

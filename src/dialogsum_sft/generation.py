@@ -193,6 +193,9 @@ TUNED_WEIGHTS = {
     "merged": "original base weights, adapter merged",
 }
 
+TUNED_WEIGHTS_HELP = "fine-tuned weights: " + "; ".join(f"{k}: {v}" for k, v in TUNED_WEIGHTS.items()) + \
+    " (auto: nf4-merged for adapters trained on a 4-bit base)"
+
 
 def tuned_loading(recipe: dict, weights: str, dtype, device: str) -> tuple[str, dict]:
     """`load_for_generation` settings for an adapter; `auto` is nf4-merged for adapters trained on a 4-bit base."""
