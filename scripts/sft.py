@@ -28,7 +28,9 @@ from dialogsum_sft.model import (
     stop_token_ids,
 )
 from dialogsum_sft.runinfo import run_info
+from dialogsum_sft.speakers import name_speakers_in_rows
 from dialogsum_sft.trainer import QLoRASFTTrainer
+from dialogsum_sft.training_rouge import TrainingRouge, check_supported
 
 
 logger = logging.getLogger("sft")
@@ -72,11 +74,16 @@ def main(argv=None):
     limits = {script_args.dataset_train_split: script_args.max_train_samples,
               script_args.dataset_test_split: script_args.max_eval_samples}
     reports = {}
+    rouge_rows = None  # the eval split as it is, for ROUGE while training
     if dataset is not None and tokenizer is not None:
         for split in splits:
             rows = dataset[split]
+            if split == script_args.dataset_test_split:
+                rouge_rows = rows
             if limits[split] is not None:
                 rows = rows.select(range(min(limits[split], len(rows))))
+            if split == script_args.dataset_train_split:
+                rows = name_speakers_in_rows(rows, script_args.named_speakers_fraction, training_args.seed)
             rows, reports[split] = fit_to_max_length(rows, tokenizer, training_args.max_length, split)
             dataset[split] = rows.map(to_prompt_completion, remove_columns=rows.column_names)
 
@@ -119,6 +126,13 @@ def main(argv=None):
         )
     except Exception as err:
         raise explain_load_error(err, model_args.model_name_or_path) from err
+    if training_args.rouge_eval_samples:
+        check_supported(trainer)
+        trainer.training_rouge = TrainingRouge.from_rows(
+            rouge_rows, training_args.rouge_eval_samples, batch_size=training_args.per_device_eval_batch_size,
+            max_new_tokens=training_args.rouge_eval_max_new_tokens,
+            stop_ids=stop_token_ids(tokenizer, trainer.model.generation_config),
+        )
 
     ###################
     # 4. Train, resuming from the last complete checkpoint of an interrupted run

@@ -119,8 +119,8 @@ def test_recipes_fit_sharded_qlora(recipe):
     assert "use_reentrant" not in (config.get("gradient_checkpointing_kwargs") or {})
 
 
-# Runs scripts/sft.py unchanged, with TRL's SFTTrainer subclassed to record, on every rank, the rows it trained on
-# and the adapter it ended with.
+# Runs scripts/sft.py unchanged, with TRL's SFTTrainer subclassed to record, on every rank, the rows it trained on,
+# the metrics of its evaluations and the adapter it ended with.
 PROBE = '''
 import json, os, runpy, sys
 
@@ -134,10 +134,16 @@ class ProbedSFTTrainer(trl.SFTTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.rows_seen = []
+        self.evaluations = []
 
     def training_step(self, model, inputs, *args, **kwargs):
         self.rows_seen.append(inputs["input_ids"].sum(dim=1).tolist())  # one fingerprint per row
         return super().training_step(model, inputs, *args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        metrics = super().evaluate(*args, **kwargs)
+        self.evaluations.append(metrics)
+        return metrics
 
     def save_model(self, output_dir=None, _internal_call=False):
         if not _internal_call:
@@ -147,6 +153,7 @@ class ProbedSFTTrainer(trl.SFTTrainer):
             with open(path + ".json", "w") as handle:
                 json.dump({
                     "rows_seen": self.rows_seen,
+                    "evaluations": self.evaluations,
                     "world_size": self.accelerator.num_processes,
                     "backend": torch.distributed.get_backend(),
                     "linear4bit": any(type(m).__name__ == "Linear4bit" for m in self.model.modules()),
@@ -178,7 +185,10 @@ def test_two_process_ddp_run_stays_in_sync_and_saves_a_complete_adapter(tmp_path
         "--model_name_or_path", tiny_model_dir, "--base_model_hub_id", "org/tiny", "--dataset_name", small_data_dir,
         "--max_train_samples", str(TRAIN_ROWS), "--max_steps", str(STEPS),
         "--per_device_train_batch_size", str(PER_DEVICE_BATCH), "--gradient_accumulation_steps", "1",
-        "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none",
+        "--eval_strategy", "steps", "--eval_steps", str(STEPS), "--max_eval_samples", "2", "--save_strategy", "no",
+        "--report_to", "none",
+        # ROUGE while training: 3 dialogues, so the ranks summarize unequal shares (2 and 1).
+        "--rouge_eval_samples", "3", "--rouge_eval_max_new_tokens", "8",
         "--use_cpu", "true", "--bf16", "false", "--output_dir", str(output_dir),
         # As the multi-GPU recipes train, with use_reentrant left to TRL/transformers: reentrant checkpointing
         # under DDP fails with "Expected to mark a variable ready only once" (trl#4782).
@@ -208,6 +218,11 @@ def test_two_process_ddp_run_stays_in_sync_and_saves_a_complete_adapter(tmp_path
     assert [name for name in saved if not torch.equal(saved[name], adapters[0][name])] == []
     lora_b = [tensor for name, tensor in saved.items() if "lora_B" in name]
     assert lora_b and all(tensor.abs().sum() > 0 for tensor in lora_b)
+
+    # Both evaluations (at the last step, then sft.py's final one) scored ROUGE identically on both ranks.
+    rouge = [[{k: v for k, v in metrics.items() if k.startswith("eval_rouge")} for metrics in info["evaluations"]]
+             for info in ranks]
+    assert len(rouge[0]) == 2 and all(len(metrics) == 5 for metrics in rouge[0]) and rouge[0] == rouge[1]
 
     # Epochs count the global batch: 2 processes x 2 rows x 3 steps = 12 of 16 rows (one process would give 0.375).
     state = json.loads((output_dir / "trainer_state.json").read_text())

@@ -16,7 +16,10 @@ from .rouge import ROUGE_NAMES, ROUGE_TYPES, check_scores  # noqa: E402
 
 
 def plot_loss(trainer_state: dict | str | os.PathLike, out_png: str | os.PathLike) -> str:
-    """Train and eval loss against the optimizer step, from a Trainer's `trainer_state.json` (path or dict)."""
+    """Train and eval loss against the optimizer step, from a Trainer's `trainer_state.json` (path or dict).
+
+    When the run logged ROUGE while training (`eval_rouge1` ..., training_rouge.py) a second panel shows it.
+    """
     if isinstance(trainer_state, dict):
         state, source = trainer_state, "trainer state"
     else:
@@ -34,7 +37,11 @@ def plot_loss(trainer_state: dict | str | os.PathLike, out_png: str | os.PathLik
             f"nothing to plot: {source} log_history has no 'loss' or 'eval_loss' entries "
             "(was training logged, e.g. logging_steps > 0?)"
         )
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    rouge = {rouge_type: [(entry["step"], entry[f"eval_{rouge_type}"]) for entry in history
+                          if f"eval_{rouge_type}" in entry and "step" in entry] for rouge_type in ("rouge1", "rouge2", "rougeL")}
+    rouge = {rouge_type: points for rouge_type, points in rouge.items() if points}
+    fig, axes = plt.subplots(1, 2 if rouge else 1, figsize=(12 if rouge else 7, 4.2), squeeze=False)
+    ax = axes[0][0]
     if train:
         ax.plot(*zip(*train), label="train loss", color="tab:blue", linewidth=1.5)
     if evals:
@@ -44,6 +51,15 @@ def plot_loss(trainer_state: dict | str | os.PathLike, out_png: str | os.PathLik
     ax.set_title("Training and evaluation loss")
     ax.grid(alpha=0.3)
     ax.legend()
+    if rouge:
+        ax = axes[0][1]
+        for rouge_type, points in rouge.items():
+            ax.plot(*zip(*points), label=ROUGE_NAMES[rouge_type], marker="o", linewidth=1.5)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("F-measure x100, mean over references")
+        ax.set_title("ROUGE of generated summaries while training")
+        ax.grid(alpha=0.3)
+        ax.legend()
     return _save(fig, out_png)
 
 
