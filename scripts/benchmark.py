@@ -130,7 +130,8 @@ def run_setup(name: str, model_dir: str, lengths: list[tuple[int, int]], steps: 
                       task_type="CAUSAL_LM")
     common = dict(output_dir=f"/tmp/bench-{name}", per_device_train_batch_size=spec["batch"],
                   gradient_accumulation_steps=spec["accum"], gradient_checkpointing=spec["checkpointing"],
-                  optim=spec["optim"], learning_rate=2e-4, max_steps=warmup + steps, bf16=True, logging_steps=1000,
+                  optim=spec["optim"], learning_rate=2e-4, max_steps=warmup + steps + (2 if profile else 0), bf16=True,
+                  logging_steps=1000,
                   save_strategy="no", report_to="none", dataloader_num_workers=2, seed=0,
                   train_sampling_strategy="group_by_length" if spec.get("group_by_length") else "random")
 
@@ -149,18 +150,20 @@ def run_setup(name: str, model_dir: str, lengths: list[tuple[int, int]], steps: 
                 self.end, self.tokens_at_end = time.perf_counter(), state.num_input_tokens_seen
 
     class Profile(TrainerCallback):
-        """A torch.profiler table of two steps after warm-up: where the GPU time of one set-up goes."""
+        """A torch.profiler table of two extra steps after the measured ones: where the GPU time of one set-up goes
+        (the tokens/s are measured before the profiler starts)."""
 
         def on_step_begin(self, args, state, control, **kwargs):
-            if state.global_step == warmup:
+            if state.global_step == warmup + steps:
                 self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
                 self.profiler.__enter__()
 
         def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == warmup + 2:
+            if state.global_step == warmup + steps + 2:
                 torch.cuda.synchronize()
                 self.profiler.__exit__(None, None, None)
-                table = self.profiler.key_averages().table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=70)
+                table = self.profiler.key_averages().table(sort_by="self_device_time_total", row_limit=25,
+                                                           max_name_column_width=70)
                 with open(profile, "w") as handle:
                     handle.write(table)
 
@@ -279,8 +282,8 @@ def main(argv=None):
     parser.add_argument("--generation_dialogues", type=int, default=512,
                         help="dialogues for the generation-speed measurement (0: skip it)")
     parser.add_argument("--profile", help="internal: profile file of the set-up run with --one")
-    parser.add_argument("--profile_setup", help="write a torch.profiler table of this set-up (2 steps after warm-up) "
-                        "next to --output; its tokens/s then include the profiler's overhead")
+    parser.add_argument("--profile_setup", help="write a torch.profiler table of this set-up (2 extra steps after the "
+                        "measured ones) next to --output")
     parser.add_argument("--time_budget", type=float, default=None,
                         help="seconds: start no set-up after this, and stop a running one when it is spent (the "
                         "results so far are in --output after every set-up)")

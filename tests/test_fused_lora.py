@@ -5,6 +5,7 @@ on CUDA in bf16 as training runs it.
 """
 
 import json
+import logging
 import os
 
 import pytest
@@ -114,7 +115,8 @@ def test_fused_path_matches_peft(model_dirs, arch, packed, device):
     reference, model = load_lora(model_dirs[arch], device), load_lora(model_dirs[arch], device)
     counts = fused_lora.fuse_lora(model)
     # 7 projections per layer; q/k/v and gate/up of each layer share their input
-    assert counts == {"projections": 7 * SHAPE["num_hidden_layers"], "shared_input_groups": 2 * SHAPE["num_hidden_layers"]}
+    layers = SHAPE["num_hidden_layers"]
+    assert counts == {"projections": 7 * layers, "shared_input_groups": 2 * layers}
     refuse_peft_path(model)
     inputs = batch(device, packed)
     assert_same(forward_backward(reference, inputs), forward_backward(model, inputs), device)
@@ -198,3 +200,33 @@ def test_liger_check_names_the_missing_piece():
             parse_recipe([*RECIPE, "--use_liger_kernel", "true"])
     else:
         assert parse_recipe([*RECIPE, "--use_liger_kernel", "true"])[1].use_liger_kernel
+
+
+def test_sft_script_trains_the_same_adapter_on_the_fused_path(tmp_path, capsys, caplog, tiny_model_dir,
+                                                              small_data_dir):
+    from test_train import sft_in_process
+
+    caplog.set_level(logging.INFO, logger="dialogsum_sft.trainer")
+    runs = {}
+    for fused in ("false", "true"):
+        out = tmp_path / f"fused-{fused}"
+        status, errors = sft_in_process(
+            capsys, "--model_name_or_path", tiny_model_dir, "--base_model_hub_id", "org/tiny", "--dataset_name",
+            small_data_dir, "--output_dir", out, "--max_train_samples", "8", "--max_steps", "2", "--logging_steps",
+            "1", "--per_device_train_batch_size", "4", "--padding_free", "true", "--attn_implementation",
+            "sdpa_varlen", "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none", "--bf16",
+            "false", "--dtype", "float32", "--bnb_4bit_quant_storage", "float32", "--lora_dropout", "0",
+            "--fused_lora", fused,
+        )
+        assert (status, errors) == (None, [])
+        with open(out / "trainer_state.json") as handle:
+            losses = [entry["loss"] for entry in json.load(handle)["log_history"] if "loss" in entry]
+        runs[fused] = losses, load_file(out / "adapter_model.safetensors")
+    assert "fused_lora: 14 LoRA projections fused, 4 shared-input groups" in caplog.text
+    (losses, adapter), (fused_losses, fused_adapter) = runs["false"], runs["true"]
+    assert len(losses) == 2
+    torch.testing.assert_close(fused_losses, losses, rtol=1e-4, atol=1e-5)
+    assert fused_adapter.keys() == adapter.keys()
+    for name in adapter:
+        # Adam moves each weight by ~lr per step whatever the gradient's size, so near-zero gradients may differ by that
+        torch.testing.assert_close(fused_adapter[name], adapter[name], rtol=1e-3, atol=2e-4)

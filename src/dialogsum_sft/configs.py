@@ -194,7 +194,7 @@ def validate(script_args: ScriptArguments, training_args: SFTConfig, model_args:
         if model_args.lora_dropout or model_args.use_dora:
             raise RecipeError("fused_lora: true needs lora_dropout: 0 and use_dora: false "
                               f"(got lora_dropout {model_args.lora_dropout}, use_dora {model_args.use_dora})")
-    if training_args.use_liger_kernel:
+    if training_args.use_liger_kernel and not script_args.dry_run:  # an environment check, like check_gpu
         try:
             import liger_kernel.transformers  # noqa: F401  (needs Triton, hence a CUDA machine)
         except ImportError as err:

@@ -25,7 +25,6 @@ parameters are PEFT's own, so a saved adapter is a standard PEFT adapter.
 from __future__ import annotations
 
 import types
-from contextlib import contextmanager
 
 import torch
 
@@ -144,22 +143,17 @@ def _lora_forward(self, x, *args, **kwargs):
     return fused_projections([self], x)[0]
 
 
-@contextmanager
-def _precomputed(layers, x):
-    """Let `layers` answer their next call on exactly this `x` from one shared fused call."""
-    if all(_runs_fused(layer) for layer in layers):
-        for layer, out in zip(layers, fused_projections(layers, x)):
-            layer._fused_pending = (x, out)
-    try:
-        yield
-    finally:
-        for layer in layers:  # a forward that never asked (another code path) leaves nothing stale behind
-            layer._fused_pending = None
-
-
 def _shared_input_forward(self, hidden_states, *args, **kwargs):
-    with _precomputed(self._fused_group, hidden_states):
+    """Attention/MLP forward whose q/k/v (or gate/up) answer their call on `hidden_states` from one shared call."""
+    group = self._fused_group
+    if all(_runs_fused(layer) for layer in group):
+        for layer, out in zip(group, fused_projections(group, hidden_states)):
+            layer._fused_pending = (hidden_states, out)
+    try:  # try/finally rather than a context manager: torch.compile cannot break a graph inside the latter
         return self._unfused_forward(hidden_states, *args, **kwargs)
+    finally:
+        for layer in group:  # a forward that never asked (another code path) leaves nothing stale behind
+            layer._fused_pending = None
 
 
 def fuse_lora(model: torch.nn.Module) -> dict[str, int]:
