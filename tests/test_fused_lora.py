@@ -122,6 +122,31 @@ def test_fused_path_matches_peft(model_dirs, arch, packed, device):
     assert_same(forward_backward(reference, inputs), forward_backward(model, inputs), device)
 
 
+@pytest.mark.parametrize("device", [CUDA])
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_fused_path_inside_liger_kernels_matches_liger_on_peft(model_dirs, arch, device, monkeypatch):
+    """With use_liger_kernel the MLP forward is Liger's SwiGLU: the fused projections must run inside it."""
+    from transformers.models.llama import modeling_llama
+    from transformers.models.qwen2 import modeling_qwen2
+
+    liger = pytest.importorskip("liger_kernel.transformers")
+    for module in (modeling_llama, modeling_qwen2):  # Liger also patches these modules' globals: undo after the test
+        for name, value in list(vars(module).items()):
+            monkeypatch.setattr(module, name, value)
+    models = []
+    for fuse in (False, True):
+        model = load_lora(model_dirs[arch], device)
+        # what the Trainer does for TRL's use_liger_kernel (TRL keeps its own LM-head loss)
+        liger._apply_liger_kernel_to_instance(model=model.get_base_model(), fused_linear_cross_entropy=False)
+        if fuse:
+            fused_lora.fuse_lora(model)
+            refuse_peft_path(model)
+        models.append(model)
+    assert models[1].get_base_model().model.layers[0].mlp._get_name().startswith("Liger")
+    inputs = batch(device, "cu_seq_lens")
+    assert_same(forward_backward(models[0], inputs), forward_backward(models[1], inputs), device)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("reentrant", [False, True])
 def test_fused_path_under_gradient_checkpointing(model_dirs, reentrant, device):
