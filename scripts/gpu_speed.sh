@@ -7,7 +7,7 @@
 set -uo pipefail
 data=${1:?DialogSum directory}
 results=${2:?results directory}
-total=${3:-510}
+total=${3:-500}
 start=$(date +%s)
 mkdir -p "$results"
 python scripts/prepare_embedded_model.py >"$results/prepare.log" 2>&1  # SmolLM2's tokenizer counts the lengths
