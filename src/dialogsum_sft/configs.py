@@ -59,6 +59,19 @@ class ModelConfig(trl.ModelConfig):
 class SFTConfig(trl.SFTConfig):
     """TRL's SFTConfig; kept as our own type so recipe-level defaults have one home."""
 
+    fused_lora: bool = field(
+        default=False,
+        metadata={
+            "help": "Run each 4-bit LoRA projection as one fused autograd function (q/k/v and gate/up sharing one "
+            "input) instead of PEFT's unfused path (src/dialogsum_sft/fused_lora.py). Needs load_in_4bit, "
+            "lora_dropout 0, no DoRA; the adapter saved is the same standard PEFT adapter."
+        },
+    )
+    compile_layers: bool = field(
+        default=False,
+        metadata={"help": "torch.compile each decoder layer (dynamic shapes) to cut per-kernel launch overhead."},
+    )
+
 
 DATACLASSES = (ScriptArguments, SFTConfig, ModelConfig)
 
@@ -175,6 +188,18 @@ def validate(script_args: ScriptArguments, training_args: SFTConfig, model_args:
             "assistant_only_loss needs {% generation %} markers most chat templates lack; the data is "
             "prompt/completion, so the loss already covers only the summary (leave assistant_only_loss unset)"
         )
+    if training_args.fused_lora:
+        if not model_args.load_in_4bit:
+            raise RecipeError("fused_lora: true fuses 4-bit LoRA projections: set load_in_4bit: true")
+        if model_args.lora_dropout or model_args.use_dora:
+            raise RecipeError("fused_lora: true needs lora_dropout: 0 and use_dora: false "
+                              f"(got lora_dropout {model_args.lora_dropout}, use_dora {model_args.use_dora})")
+    if training_args.use_liger_kernel and not script_args.dry_run:  # an environment check, like check_gpu
+        try:
+            import liger_kernel.transformers  # noqa: F401  (needs Triton, hence a CUDA machine)
+        except ImportError as err:
+            raise RecipeError(f"use_liger_kernel: true needs liger-kernel and Triton (pip install '.[gpu]' on a "
+                              f"CUDA machine): {err}") from err
     for name in ("max_train_samples", "max_eval_samples"):
         value = getattr(script_args, name)
         if value is not None and value < 1:
