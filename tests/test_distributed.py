@@ -3,6 +3,8 @@
 import glob
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 
@@ -16,7 +18,10 @@ from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu
 from safetensors.torch import load_file
 
 from dialogsum_sft import artifacts
-from helpers import ROOT
+from dialogsum_sft.configs import parse_recipe
+from dialogsum_sft.distributed import launcher_engine
+from dialogsum_sft.errors import RecipeError
+from helpers import ROOT, error_lines, run_script
 
 
 CONFIG_DIR = os.path.join(ROOT, "accelerate_configs")
@@ -280,3 +285,60 @@ def test_fsdp1_full_state_dict_saves_the_trained_adapter(tmp_path, tiny_model_di
     assert [name for name in trained if not torch.equal(trained[name], saved[name.replace(".default.", ".")])] == []
     lora_b = [tensor for name, tensor in saved.items() if "lora_B" in name]
     assert lora_b and all(tensor.abs().sum() > 0 for tensor in lora_b)  # trained: LoRA B starts at zero
+
+
+CPU_RECIPE = os.path.join(ROOT, "recipes", "smollm2-135m.yaml")
+FSDP_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1", "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT"}
+ZERO3_ENV = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}
+
+
+def parse_under(monkeypatch, env, *argv):
+    for key in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "WORLD_SIZE", *FSDP_ENV, *ZERO3_ENV):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return parse_recipe([CPU_RECIPE, "--use_cpu", "true", *argv])
+
+
+@pytest.mark.parametrize("env", [{}, FSDP_ENV, ZERO3_ENV, {"ACCELERATE_USE_DEEPSPEED": "true"}],
+                         ids=["one-process", "fsdp", "zero3", "zero2"])
+def test_shipped_recipe_passes_every_engine(monkeypatch, env):
+    parse_under(monkeypatch, env)
+
+
+@pytest.mark.parametrize("env, argv, words", [
+    (FSDP_ENV, ["--bnb_4bit_quant_storage", "uint8"], "FSDP shards 4-bit weights only"),
+    (ZERO3_ENV, ["--bnb_4bit_quant_storage", "uint8"], "DeepSpeed ZeRO-3 shards 4-bit weights only"),
+    ({**FSDP_ENV, "FSDP_VERSION": "2"}, [], "FSDP2 (fsdp_version: 2) mis-decodes"),
+    ({**FSDP_ENV, "FSDP_STATE_DICT_TYPE": "SHARDED_STATE_DICT"}, [], "only for FULL_STATE_DICT"),
+], ids=["fsdp-uint8", "zero3-uint8", "fsdp2-4bit", "fsdp-sharded-save"])
+def test_bad_engine_combinations_fail_in_the_recipe_check(monkeypatch, env, argv, words):
+    with pytest.raises(RecipeError, match=re.escape(words)):
+        parse_under(monkeypatch, env, *argv)
+
+
+def test_uint8_storage_is_fine_where_nothing_shards_the_weights(monkeypatch):
+    parse_under(monkeypatch, {"ACCELERATE_USE_DEEPSPEED": "true"}, "--bnb_4bit_quant_storage", "uint8")
+    parse_under(monkeypatch, {**FSDP_ENV, "FSDP_VERSION": "2"}, "--load_in_4bit", "false")
+
+
+def test_torchrun_without_an_engine_is_ddp(monkeypatch):
+    # Not through parse_recipe: with WORLD_SIZE set, the Trainer's arguments join the process group as they parse.
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert launcher_engine() == "ddp"
+
+
+def test_device_map_under_a_launcher_fails_before_any_weights_load(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    with open(CPU_RECIPE, encoding="utf-8") as handle:
+        config = yaml.safe_load(handle)
+    recipe.write_text(yaml.safe_dump({**config, "model_init_kwargs": {"device_map": "auto"}}), encoding="utf-8")
+    result = run_script("sft.py", recipe, "--use_cpu", "true", "--output_dir", tmp_path / "out", env=ZERO3_ENV)
+    assert result.returncode == 2
+    assert error_lines(result) == [
+        "error: model_init_kwargs.device_map ('auto') cannot be used under a distributed launch (zero3): each "
+        "process places its own copy; remove device_map from the recipe"
+    ]
+    assert not (tmp_path / "out").exists()
