@@ -169,31 +169,36 @@ STEPS = 3
 TRAIN_ROWS = 16
 
 
-def test_two_process_ddp_run_stays_in_sync_and_saves_a_complete_adapter(tmp_path, tiny_model_dir, small_data_dir):
+def probed_sft_command(tmp_path, launcher_args, tiny_model_dir, small_data_dir):
+    """`accelerate launch` of scripts/sft.py, through PROBE, on the tiny model (ddp.yaml on CPU)."""
     probe = tmp_path / "probe.py"
     probe.write_text(PROBE, encoding="utf-8")
-    output_dir = tmp_path / "out"
-    command = [
+    return [
         sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", os.path.join(CONFIG_DIR, "ddp.yaml"), "--num_processes", "2",
-        # Not --cpu, which picks accelerate's single-process launcher: torchrun starts the 2 processes, and
+        "--config_file", os.path.join(CONFIG_DIR, "ddp.yaml"), *launcher_args,
+        # Not --cpu, which picks accelerate's single-process launcher: torchrun starts the processes, and
         # use_cpu makes them join over gloo. No bf16 autocast on CPU.
-        "--mixed_precision", "no", "--main_process_port", "0",
+        "--mixed_precision", "no",
         str(probe), os.path.join(ROOT, "scripts", "sft.py"), os.path.join(ROOT, "recipes", "smollm2-135m.yaml"),
         "--model_name_or_path", tiny_model_dir, "--base_model_hub_id", "org/tiny", "--dataset_name", small_data_dir,
         "--max_train_samples", str(TRAIN_ROWS), "--max_steps", str(STEPS),
         "--per_device_train_batch_size", str(PER_DEVICE_BATCH), "--gradient_accumulation_steps", "1",
         "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none",
-        "--use_cpu", "true", "--bf16", "false", "--output_dir", str(output_dir),
+        "--use_cpu", "true", "--bf16", "false", "--output_dir", str(tmp_path / "out"),
         # As the multi-GPU recipes train, with use_reentrant left to TRL/transformers: reentrant checkpointing
         # under DDP fails with "Expected to mark a variable ready only once" (trl#4782).
         "--gradient_checkpointing", "true",
         # load_in_4bit stays on, as in the product: bitsandbytes' CPU backend runs the NF4 model under DDP.
     ]
-    env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "src"), "HF_HUB_OFFLINE": "1", "PROBE_DIR": str(tmp_path)}
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
 
+
+def probe_env(tmp_path):
+    return {**os.environ, "PYTHONPATH": os.path.join(ROOT, "src"), "HF_HUB_OFFLINE": "1", "PROBE_DIR": str(tmp_path)}
+
+
+def check_ranks_trained_one_adapter(tmp_path):
+    """Both ranks saw their own rows, ended with equal adapters, and rank 0 published exactly that adapter."""
+    output_dir = tmp_path / "out"
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     for info in ranks:
         assert info["world_size"] == 2 and info["backend"] == "gloo" and info["linear4bit"]
@@ -220,6 +225,44 @@ def test_two_process_ddp_run_stays_in_sync_and_saves_a_complete_adapter(tmp_path
     assert state["epoch"] == pytest.approx(2 * PER_DEVICE_BATCH * STEPS / TRAIN_ROWS)
     assert artifacts.is_finished_run(str(output_dir))
     assert json.loads((output_dir / artifacts.ADAPTER_CONFIG).read_text())["base_model_name_or_path"] == "org/tiny"
+
+
+def test_two_process_ddp_run_stays_in_sync_and_saves_a_complete_adapter(tmp_path, tiny_model_dir, small_data_dir):
+    command = probed_sft_command(tmp_path, ["--num_processes", "2", "--main_process_port", "0"], tiny_model_dir,
+                                 small_data_dir)
+    result = subprocess.run(command, cwd=ROOT, env=probe_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    check_ranks_trained_one_adapter(tmp_path)
+
+
+def free_local_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_machines_on_localhost_train_one_adapter(tmp_path, tiny_model_dir, small_data_dir):
+    # What scripts/slurm/sft.slurm runs on each node: one launcher per machine, joined by c10d rendezvous. Both
+    # "machines" share the output directory, as cluster nodes share a filesystem.
+    port = free_local_port()
+    launchers = [
+        subprocess.Popen(
+            probed_sft_command(tmp_path, [
+                "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank),
+                "--main_process_ip", "127.0.0.1", "--main_process_port", str(port), "--rdzv_backend", "c10d",
+                "--max_restarts", "0",
+            ], tiny_model_dir, small_data_dir),
+            cwd=ROOT, env=probe_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        for rank in (0, 1)
+    ]
+    try:
+        errors = [launcher.communicate(timeout=240)[1] for launcher in launchers]
+    finally:
+        for launcher in launchers:
+            launcher.kill()  # no-op for one that finished; a hung rendezvous must not outlive the test
+    assert [launcher.returncode for launcher in launchers] == [0, 0], [err[-3000:] for err in errors]
+    check_ranks_trained_one_adapter(tmp_path)
 
 
 # FSDP1 over gloo, as the Trainer saves under fsdp_qlora.yaml: PEFT's wrap policy, use_orig_params false, a
