@@ -1,6 +1,7 @@
 """Multi-GPU support: the accelerate configs as `accelerate launch` reads them, and a real 2-process DDP run on CPU."""
 
 import glob
+import importlib.util
 import json
 import os
 import re
@@ -335,7 +336,12 @@ FSDP_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1", "FSDP_STATE_DICT
 ZERO3_ENV = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}
 
 
-def parse_under(monkeypatch, env, *argv):
+def parse_under(monkeypatch, env, *argv, deepspeed_installed=True):
+    """parse_recipe as `accelerate launch` would run it (its variables in env); deepspeed is not a dev dependency,
+    so whether it is installed is pretended."""
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: (deepspeed_installed or None) if name == "deepspeed" else find_spec(name, *args))
     for key in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "WORLD_SIZE", *FSDP_ENV, *ZERO3_ENV):
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
@@ -363,6 +369,11 @@ def test_bad_engine_combinations_fail_in_the_recipe_check(monkeypatch, env, argv
 def test_uint8_storage_is_fine_where_nothing_shards_the_weights(monkeypatch):
     parse_under(monkeypatch, {"ACCELERATE_USE_DEEPSPEED": "true"}, "--bnb_4bit_quant_storage", "uint8")
     parse_under(monkeypatch, {**FSDP_ENV, "FSDP_VERSION": "2"}, "--load_in_4bit", "false")
+
+
+def test_deepspeed_configs_need_deepspeed_installed(monkeypatch):
+    with pytest.raises(RecipeError, match=re.escape('DeepSpeed, which is not installed: pip install -e ".[deepspeed]"')):
+        parse_under(monkeypatch, ZERO3_ENV, deepspeed_installed=False)
 
 
 def test_torchrun_without_an_engine_is_ddp(monkeypatch):

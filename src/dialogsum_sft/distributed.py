@@ -7,6 +7,7 @@ recipe can be checked against it before any weights load.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 from .errors import RecipeError
@@ -35,6 +36,9 @@ def check_recipe_for_launcher(training_args, model_args) -> None:
     engine = launcher_engine()
     if engine is None:
         return
+    if engine.startswith("zero") and importlib.util.find_spec("deepspeed") is None:
+        raise RecipeError("the accelerate config asks for DeepSpeed, which is not installed: "
+                          "pip install -e \".[deepspeed]\"")
     device_map = (training_args.model_init_kwargs or {}).get("device_map")
     if device_map is not None:
         raise RecipeError(
