@@ -389,10 +389,10 @@ def test_device_map_under_a_launcher_fails_before_any_weights_load(tmp_path):
     with open(CPU_RECIPE, encoding="utf-8") as handle:
         config = yaml.safe_load(handle)
     recipe.write_text(yaml.safe_dump({**config, "model_init_kwargs": {"device_map": "auto"}}), encoding="utf-8")
-    result = run_script("sft.py", recipe, "--use_cpu", "true", "--output_dir", tmp_path / "out", env=ZERO3_ENV)
+    result = run_script("sft.py", recipe, "--use_cpu", "true", "--output_dir", tmp_path / "out", env=FSDP_ENV)
     assert result.returncode == 2
     assert error_lines(result) == [
-        "error: model_init_kwargs.device_map ('auto') cannot be used under a distributed launch (zero3): each "
+        "error: model_init_kwargs.device_map ('auto') cannot be used under a distributed launch (fsdp): each "
         "process places its own copy; remove device_map from the recipe"
     ]
     assert not (tmp_path / "out").exists()
