@@ -65,7 +65,7 @@ for config in $configs; do
   probe=$probes/$config
   rm -rf "$run" && mkdir -p "$probe"
   start=$(date +%s)
-  PROBE_DIR=$probe accelerate launch --config_file "accelerate_configs/$config.yaml" --num_processes 1 \
+  PROBE_DIR=$probe python -m accelerate.commands.launch --config_file "accelerate_configs/$config.yaml" --num_processes 1 \
     "$probes/probe.py" scripts/sft.py recipes/smollm2-135m-gpu.yaml --dataset_name "$data" --report_to none \
     --max_steps 60 --eval_strategy no --save_steps 30 --output_dir "$run" >"$probe/train.log" 2>&1
   echo "$config: train exit $? after $(( $(date +%s) - start )) s"
