@@ -17,6 +17,7 @@ import trl
 import yaml
 
 from .data import DATASET_HUB_ID
+from .distributed import check_recipe_for_launcher
 from .errors import RecipeError
 
 
@@ -204,6 +205,7 @@ def validate(script_args: ScriptArguments, training_args: SFTConfig, model_args:
         value = getattr(script_args, name)
         if value is not None and value < 1:
             raise RecipeError(f"{name} must be at least 1; got {value}")
+    check_recipe_for_launcher(training_args, model_args)
 
 
 def resolved_recipe(keys: list[str], *configs) -> dict[str, Any]:
