@@ -33,6 +33,11 @@ PAD_ID = 128004  # <|finetune_right_pad_id|>
 # TRL SFTTrainer with this project's LoRA (r16 on all linear layers) and no checkpointing; set-ups change from here.
 TRL = dict(trainer="trl", batch=32, accum=1, checkpointing=False, optim="adamw_torch_fused", r=16, dropout=0.05,
            targets="all-linear", padding_free=True, attn="sdpa_varlen")
+# The recipe's fast setting: padding-free batches of 64, no checkpointing, lora_dropout 0 (PEFT's LoRA path).
+FAST = {**TRL, "batch": 64, "dropout": 0.0}
+# The peers every result is compared with, by the JSON key of its ratio.
+PEERS = {"ratio_to_trl_liger": "trl-liger-b64", "ratio_to_trl_liger_padded": "trl-padded-liger",
+         "ratio_to_trl_padded": "trl-padded"}
 # name: (description, trainer settings). "seed" is the notebook this project replaces.
 SETUPS = {
     "seed": ("seed notebook: transformers.Trainer, batch 1 x accum 4, grad. checkpointing, paged_adamw_8bit, "
@@ -55,6 +60,25 @@ SETUPS = {
                   {**TRL, "batch": 8, "accum": 4, "checkpointing": True}),
     "ours-lean-b16": ("this recipe, lean with bigger batches: padding-free 16 x accum 2 on sdpa_varlen, "
                       "gradient checkpointing", {**TRL, "batch": 16, "accum": 2, "checkpointing": True}),
+    # Peers and each speed technique on its own (issue 11). FAST is this recipe's fast setting on PEFT's path.
+    "trl-padded-liger": ("stock TRL padded batches of 16 + use_liger_kernel (RMSNorm, RoPE, SwiGLU kernels)",
+                         {**TRL, "batch": 16, "padding_free": False, "attn": "sdpa", "liger": True}),
+    "trl-liger-b64": ("peer at our batch: TRL + use_liger_kernel, padding-free 64, no ckpt, lora_dropout 0, "
+                      "PEFT's LoRA path", {**FAST, "liger": True}),
+    "ours-fast-liger": ("the fast setting + use_liger_kernel", {**FAST, "liger": True}),
+    "ours-fast-fused": ("the fast setting on the fused QLoRA path (fused_lora)", {**FAST, "fused": True}),
+    "ours-fast-fused-liger": ("the fast setting, fused QLoRA path + use_liger_kernel",
+                              {**FAST, "fused": True, "liger": True}),
+    "ours-fast-fused-liger-compile": ("the fast setting, fused + Liger + each decoder layer torch.compiled "
+                                      "(compile_layers, dynamic shapes)",
+                                      {**FAST, "fused": True, "liger": True, "compile": True}),
+    "lean-fused-liger-b32": ("lean: padding-free 32, gradient checkpointing, fused + Liger, lora_dropout 0",
+                             {**FAST, "batch": 32, "checkpointing": True, "fused": True, "liger": True}),
+    "lean-fused-liger-b64": ("lean: padding-free 64, gradient checkpointing, fused + Liger, lora_dropout 0",
+                             {**FAST, "checkpointing": True, "fused": True, "liger": True}),
+    "lean-fused-liger-offload-b16": ("lean: padding-free 16, TRL's activation_offloading instead of "
+                                     "checkpointing, fused + Liger", {**FAST, "batch": 16, "fused": True,
+                                                                      "liger": True, "offload": True}),
 }
 
 
@@ -88,9 +112,9 @@ def run_setup(name: str, model_dir: str, lengths: list[tuple[int, int]], steps: 
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig, Trainer, TrainerCallback, TrainingArguments
-    from trl import SFTConfig
 
     from dialogsum_sft.attention import register_varlen_attention
+    from dialogsum_sft.configs import SFTConfig
     from dialogsum_sft.trainer import QLoRASFTTrainer
 
     register_varlen_attention()
@@ -107,7 +131,8 @@ def run_setup(name: str, model_dir: str, lengths: list[tuple[int, int]], steps: 
                       task_type="CAUSAL_LM")
     common = dict(output_dir=f"/tmp/bench-{name}", per_device_train_batch_size=spec["batch"],
                   gradient_accumulation_steps=spec["accum"], gradient_checkpointing=spec["checkpointing"],
-                  optim=spec["optim"], learning_rate=2e-4, max_steps=warmup + steps, bf16=True, logging_steps=1000,
+                  optim=spec["optim"], learning_rate=2e-4, max_steps=warmup + steps + (2 if profile else 0), bf16=True,
+                  logging_steps=1000,
                   save_strategy="no", report_to="none", dataloader_num_workers=2, seed=0,
                   train_sampling_strategy="group_by_length" if spec.get("group_by_length") else "random")
 
@@ -126,18 +151,20 @@ def run_setup(name: str, model_dir: str, lengths: list[tuple[int, int]], steps: 
                 self.end, self.tokens_at_end = time.perf_counter(), state.num_input_tokens_seen
 
     class Profile(TrainerCallback):
-        """A torch.profiler table of two steps after warm-up: where the GPU time of one set-up goes."""
+        """A torch.profiler table of two extra steps after the measured ones: where the GPU time of one set-up goes
+        (the tokens/s are measured before the profiler starts)."""
 
         def on_step_begin(self, args, state, control, **kwargs):
-            if state.global_step == warmup:
+            if state.global_step == warmup + steps:
                 self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
                 self.profiler.__enter__()
 
         def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == warmup + 2:
+            if state.global_step == warmup + steps + 2:
                 torch.cuda.synchronize()
                 self.profiler.__exit__(None, None, None)
-                table = self.profiler.key_averages().table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=70)
+                table = self.profiler.key_averages().table(sort_by="self_device_time_total", row_limit=25,
+                                                           max_name_column_width=70)
                 with open(profile, "w") as handle:
                     handle.write(table)
 
@@ -157,7 +184,10 @@ def run_setup(name: str, model_dir: str, lengths: list[tuple[int, int]], steps: 
         dataset = Dataset.from_dict({"input_ids": ids, "completion_mask": masks})
         model.generation_config.pad_token_id = PAD_ID
         args = SFTConfig(**common, completion_only_loss=True, padding_free=spec["padding_free"], max_length=None,
-                         include_num_input_tokens_seen="non_padding", pad_token=None)
+                         include_num_input_tokens_seen="non_padding", pad_token=None,
+                         use_liger_kernel=spec.get("liger", False), fused_lora=spec.get("fused", False),
+                         compile_layers=spec.get("compile", False),
+                         activation_offloading=spec.get("offload", False))
         trainer = QLoRASFTTrainer(model=model, args=args, train_dataset=dataset, peft_config=lora,
                                   processing_class=_tokenizer_stub(), callbacks=callbacks)
     torch.cuda.reset_peak_memory_stats()
@@ -170,6 +200,7 @@ def run_setup(name: str, model_dir: str, lengths: list[tuple[int, int]], steps: 
         "real_tokens": int(tokens), "tokens_per_second": round(tokens / seconds, 1),
         "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
         "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
+        "fused_projections": sum(hasattr(module, "_peft_forward") for module in trainer.model.modules()),
     }
 
 
@@ -250,8 +281,11 @@ def main(argv=None):
                         help="generation-speed set-ups: how generation.generate_tokens decodes")
     parser.add_argument("--generation_batch", type=int, default=64, help="prompts generated together")
     parser.add_argument("--profile", help="internal: profile file of the set-up run with --one")
-    parser.add_argument("--profile_setup", help="write a torch.profiler table of this set-up (2 steps after warm-up) "
-                        "next to --output; its tokens/s then include the profiler's overhead")
+    parser.add_argument("--profile_setup", help="write a torch.profiler table of this set-up (2 extra steps after the "
+                        "measured ones) next to --output")
+    parser.add_argument("--time_budget", type=float, default=None,
+                        help="seconds: start no set-up after this, and stop a running one when it is spent (the "
+                        "results so far are in --output after every set-up)")
     parser.add_argument("--output", required=True)
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one set-up in this process
     args = parser.parse_args(argv)
@@ -268,6 +302,7 @@ def main(argv=None):
         print("RESULT " + json.dumps(result), flush=True)
         return
 
+    started = time.perf_counter()
     build_model_dir(args.model_dir)
     with open(lengths_file, "w") as handle:
         json.dump(dialogsum_lengths(args.data, args.tokenizer, args.rows), handle)
@@ -279,23 +314,42 @@ def main(argv=None):
                    "--generation_batch", str(args.generation_batch), "--output", args.output]
         if name == args.profile_setup:
             command += ["--profile", os.path.splitext(args.output)[0] + f"-profile-{name}.txt"]
-        done = subprocess.run(command, capture_output=True, text=True)
-        line = next((line for line in done.stdout.splitlines() if line.startswith("RESULT ")), None)
+        left = None if args.time_budget is None else args.time_budget - (time.perf_counter() - started)
+        if left is not None and left < 20:
+            print(f"skipped {name}: time budget spent", flush=True)
+            continue
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=left)
+            stdout, stderr = done.stdout, done.stderr
+        except subprocess.TimeoutExpired as err:
+            stdout, stderr = "", f"error: stopped at the time budget ({args.time_budget} s)\n{err.stderr or ''}"
+        line = next((line for line in stdout.splitlines() if line.startswith("RESULT ")), None)
         if line is None:
-            lines = [line for line in done.stderr.splitlines() if "Error" in line or "error" in line]
-            error = (lines or done.stderr.strip().splitlines() or ["no output"])[-1]
+            lines = [line for line in stderr.splitlines() if "Error" in line or "error" in line]
+            error = (lines or stderr.strip().splitlines() or ["no output"])[-1]
             description = SETUPS[name][0] if name in SETUPS else "greedy generation"
             results.append({"setup": name, "description": description, "error": error[:500]})
         else:
             results.append(json.loads(line[len("RESULT "):]))
+        add_peer_ratios(results)
         print(json.dumps(results[-1]), flush=True)
         with open(args.output, "w") as handle:
             json.dump({"model": "Llama-3.2-3B shape, random weights, 4-bit NF4", **run_info(), "results": results},
                       handle, indent=2)
-    print(f"{'setup':16} {'tokens/s':>10} {'peak GiB':>9}")
+    print(f"{'setup':30} {'tokens/s':>10} {'peak GiB':>9} {'x TRL+Liger b64':>16}")
     for row in results:
         speed = row.get("tokens_per_second", row.get("dialogues_per_second", "error"))
-        print(f"{row['setup']:16} {speed:>10} {row.get('peak_allocated_gib', ''):>9}")
+        print(f"{row['setup']:30} {speed:>10} {row.get('peak_allocated_gib', ''):>9} "
+              f"{row.get('ratio_to_trl_liger', ''):>16}")
+
+
+def add_peer_ratios(results: list[dict]) -> None:
+    """Each result's tokens/s as a multiple of each peer's in the same run (peers that ran and did not fail)."""
+    speeds = {row["setup"]: row["tokens_per_second"] for row in results if "tokens_per_second" in row}
+    for row in results:
+        for key, peer in PEERS.items():
+            if peer in speeds and row["setup"] in speeds:
+                row[key] = round(speeds[row["setup"]] / speeds[peer], 3)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import sys
 import yaml
 from trl import get_peft_config, get_quantization_config
 
-from dialogsum_sft import artifacts
+from dialogsum_sft import artifacts, distributed
 from dialogsum_sft.attention import register_varlen_attention
 from dialogsum_sft.configs import parse_recipe
 from dialogsum_sft.data import fit_to_max_length, format_report, load_dialogsum, to_prompt_completion
@@ -114,6 +114,8 @@ def main(argv=None):
         # TRL clears device_map only for DDP and DeepSpeed; under FSDP its "auto" would spread each rank's 4-bit
         # model over every GPU. None lets bitsandbytes place it on the rank's own device.
         training_args.model_init_kwargs["device_map"] = None
+    if training_args.distributed_state.distributed_type == "FSDP":
+        distributed.let_peft_find_adapters_under_fsdp()  # else every save under FSDP1 writes an empty adapter
     try:
         trainer = QLoRASFTTrainer(
             model=model_args.model_name_or_path,

@@ -1,14 +1,35 @@
-"""TRL's SFTTrainer, with the fix this recipe needs to resume QLoRA runs exactly, and ROUGE in its evaluations."""
+"""TRL's SFTTrainer, with the one fix this recipe needs to resume QLoRA runs exactly, its speed options, and ROUGE
+in its evaluations."""
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from trl import SFTTrainer
+
+from .fused_lora import compile_decoder_layers, fuse_lora
+
+
+logger = logging.getLogger(__name__)
 
 
 class QLoRASFTTrainer(SFTTrainer):
     # A training_rouge.TrainingRouge set by scripts/sft.py when the recipe asks for rouge_eval_samples.
     training_rouge = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # After SFTTrainer has wrapped the model with LoRA and the Trainer has applied Liger's kernels: the fused
+        # projections then run inside whichever attention/MLP forward is installed (Liger's SwiGLU MLP included).
+        if getattr(self.args, "fused_lora", False):
+            counts = fuse_lora(self.model)
+            logger.info(f"fused_lora: {counts['projections']} LoRA projections fused, "
+                        f"{counts['shared_input_groups']} shared-input groups (q/k/v, gate/up)")
+            if not counts["projections"]:
+                logger.warning("fused_lora: no 4-bit LoRA projection qualified; PEFT's path runs everywhere")
+        if getattr(self.args, "compile_layers", False):
+            logger.info(f"compile_layers: {compile_decoder_layers(self.model)} decoder layers compiled")
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix="eval"):
