@@ -177,7 +177,12 @@ STEPS = 3
 TRAIN_ROWS = 16
 
 
-def probed_sft_command(tmp_path, launcher_args, tiny_model_dir, small_data_dir):
+# ROUGE while training: 3 dialogues, so two ranks summarize unequal shares (2 and 1); evaluated at the last step.
+ROUGE_ARGS = ["--eval_strategy", "steps", "--eval_steps", str(STEPS), "--max_eval_samples", "2",
+              "--rouge_eval_samples", "3", "--rouge_eval_max_new_tokens", "8"]
+
+
+def probed_sft_command(tmp_path, launcher_args, tiny_model_dir, small_data_dir, extra=()):
     """`accelerate launch` of scripts/sft.py, through PROBE, on the tiny model (ddp.yaml on CPU)."""
     probe = tmp_path / "probe.py"
     probe.write_text(PROBE, encoding="utf-8")
@@ -191,10 +196,7 @@ def probed_sft_command(tmp_path, launcher_args, tiny_model_dir, small_data_dir):
         "--model_name_or_path", tiny_model_dir, "--base_model_hub_id", "org/tiny", "--dataset_name", small_data_dir,
         "--max_train_samples", str(TRAIN_ROWS), "--max_steps", str(STEPS),
         "--per_device_train_batch_size", str(PER_DEVICE_BATCH), "--gradient_accumulation_steps", "1",
-        "--eval_strategy", "steps", "--eval_steps", str(STEPS), "--max_eval_samples", "2", "--save_strategy", "no",
-        "--report_to", "none",
-        # ROUGE while training: 3 dialogues, so the ranks summarize unequal shares (2 and 1).
-        "--rouge_eval_samples", "3", "--rouge_eval_max_new_tokens", "8",
+        "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none", *extra,
         "--use_cpu", "true", "--bf16", "false", "--output_dir", str(tmp_path / "out"),
         # As the multi-GPU recipes train, with use_reentrant left to TRL/transformers: reentrant checkpointing
         # under DDP fails with "Expected to mark a variable ready only once" (trl#4782).
@@ -207,7 +209,7 @@ def probe_env(tmp_path):
     return {**os.environ, "PYTHONPATH": os.path.join(ROOT, "src"), "HF_HUB_OFFLINE": "1", "PROBE_DIR": str(tmp_path)}
 
 
-def check_ranks_trained_one_adapter(tmp_path):
+def check_ranks_trained_one_adapter(tmp_path, rouge_evaluations=0):
     """Both ranks saw their own rows, ended with equal adapters, and rank 0 published exactly that adapter."""
     output_dir = tmp_path / "out"
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
@@ -230,10 +232,12 @@ def check_ranks_trained_one_adapter(tmp_path):
     lora_b = [tensor for name, tensor in saved.items() if "lora_B" in name]
     assert lora_b and all(tensor.abs().sum() > 0 for tensor in lora_b)
 
-    # Both evaluations (at the last step, then sft.py's final one) scored ROUGE identically on both ranks.
+    # Every evaluation (with ROUGE_ARGS: at the last step, then sft.py's final one) scored ROUGE identically on
+    # both ranks.
     rouge = [[{k: v for k, v in metrics.items() if k.startswith("eval_rouge")} for metrics in info["evaluations"]]
              for info in ranks]
-    assert len(rouge[0]) == 2 and all(len(metrics) == 5 for metrics in rouge[0]) and rouge[0] == rouge[1]
+    assert len(rouge[0]) == rouge_evaluations and all(len(metrics) == 5 for metrics in rouge[0])
+    assert rouge[0] == rouge[1]
 
     # Epochs count the global batch: 2 processes x 2 rows x 3 steps = 12 of 16 rows (one process would give 0.375).
     state = json.loads((output_dir / "trainer_state.json").read_text())
@@ -245,10 +249,10 @@ def check_ranks_trained_one_adapter(tmp_path):
 
 def test_two_process_ddp_run_stays_in_sync_and_saves_a_complete_adapter(tmp_path, tiny_model_dir, small_data_dir):
     command = probed_sft_command(tmp_path, ["--num_processes", "2", "--main_process_port", "0"], tiny_model_dir,
-                                 small_data_dir)
+                                 small_data_dir, extra=ROUGE_ARGS)
     result = subprocess.run(command, cwd=ROOT, env=probe_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
-    check_ranks_trained_one_adapter(tmp_path)
+    check_ranks_trained_one_adapter(tmp_path, rouge_evaluations=2)
 
 
 def free_local_port() -> int:

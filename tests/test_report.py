@@ -1,4 +1,4 @@
-"""report.html: self-contained, escaped, per-dialogue ROUGE and flags; sorting and filtering in real headless Chromium."""
+"""report.html: self-contained, escaped, per-dialogue ROUGE and flags; sorting and filtering in headless Chromium."""
 
 import re
 import shutil

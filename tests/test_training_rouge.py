@@ -1,4 +1,4 @@
-"""ROUGE while training: the same summaries and scores as evaluation, logged as eval metrics, best checkpoint by ROUGE."""
+"""ROUGE while training: the summaries and scores of evaluation, logged as eval metrics; best checkpoint by ROUGE."""
 
 import json
 import os

@@ -204,7 +204,8 @@ def validate(script_args: ScriptArguments, training_args: SFTConfig, model_args:
             "prompt/completion, so the loss already covers only the summary (leave assistant_only_loss unset)"
         )
     if not 0 <= script_args.named_speakers_fraction <= 1:
-        raise RecipeError(f"named_speakers_fraction must be between 0 and 1; got {script_args.named_speakers_fraction}")
+        raise RecipeError("named_speakers_fraction must be between 0 and 1; "
+                          f"got {script_args.named_speakers_fraction}")
     if training_args.rouge_eval_samples < 0:
         raise RecipeError(f"rouge_eval_samples must be 0 (off) or more; got {training_args.rouge_eval_samples}")
     if training_args.rouge_eval_samples and training_args.eval_strategy == "no":

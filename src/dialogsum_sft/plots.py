@@ -37,9 +37,12 @@ def plot_loss(trainer_state: dict | str | os.PathLike, out_png: str | os.PathLik
             f"nothing to plot: {source} log_history has no 'loss' or 'eval_loss' entries "
             "(was training logged, e.g. logging_steps > 0?)"
         )
-    rouge = {rouge_type: [(entry["step"], entry[f"eval_{rouge_type}"]) for entry in history
-                          if f"eval_{rouge_type}" in entry and "step" in entry] for rouge_type in ("rouge1", "rouge2", "rougeL")}
-    rouge = {rouge_type: points for rouge_type, points in rouge.items() if points}
+    rouge = {}
+    for rouge_type in ("rouge1", "rouge2", "rougeL"):
+        points = [(entry["step"], entry[f"eval_{rouge_type}"]) for entry in history
+                  if f"eval_{rouge_type}" in entry and "step" in entry]
+        if points:
+            rouge[rouge_type] = points
     fig, axes = plt.subplots(1, 2 if rouge else 1, figsize=(12 if rouge else 7, 4.2), squeeze=False)
     ax = axes[0][0]
     if train:

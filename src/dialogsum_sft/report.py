@@ -26,7 +26,9 @@ SHOWN_TYPES = ("rouge1", "rouge2", "rougeL")
 MODELS = (("base", "base"), ("tuned", "fine-tuned"))
 
 
-def write_report(path: str | os.PathLike, metrics: dict, rows: list[dict], plots: Sequence[str | os.PathLike] = ()) -> str:
+def write_report(
+    path: str | os.PathLike, metrics: dict, rows: list[dict], plots: Sequence[str | os.PathLike] = ()
+) -> str:
     """Write the page for `rows` (predictions.jsonl rows: id, dialogue, references, base, tuned and, when
     generation recorded them, base_stopped / tuned_stopped) and `metrics` (eval_results.json)."""
     path = os.fspath(path)

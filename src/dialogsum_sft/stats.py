@@ -37,7 +37,8 @@ def generation_stats(
     `length_ratio` is the summaries' total words over their references' (each dialogue's mean reference length),
     so 1.0 means as long as the references on average. `cut` and `cut_share` are None when `stopped` is None.
     """
-    if not (len(summaries) == len(references) == len(dialogues)) or (stopped is not None and len(stopped) != len(summaries)):
+    lengths = {len(summaries), len(references), len(dialogues), *([] if stopped is None else [len(stopped)])}
+    if len(lengths) > 1:
         raise ValueError("summaries, references, dialogues (and stopped) must have one entry per dialogue")
     if not summaries:
         raise ValueError("no summaries to describe")
@@ -60,7 +61,9 @@ def format_stats(stats: dict) -> dict[str, str]:
     """Display strings for a stats dict: "3 (0.60%)" per flag, "0.95" for the length ratio."""
     shown = {}
     for name, label in FLAG_LABELS.items():
-        shown[label] = "not recorded" if stats.get(name) is None else f"{stats[name]} ({100 * stats[f'{name}_share']:.2f}%)"
+        count = stats.get(name)
+        shown[label] = "not recorded" if count is None else f"{count} ({100 * stats[f'{name}_share']:.2f}%)"
     shown["mean words"] = f"{stats['mean_words']:.1f}"
-    shown["length ratio to references (words)"] = "n/a" if stats["length_ratio"] is None else f"{stats['length_ratio']:.2f}"
+    ratio = stats["length_ratio"]
+    shown["length ratio to references (words)"] = "n/a" if ratio is None else f"{ratio:.2f}"
     return shown
