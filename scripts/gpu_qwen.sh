@@ -6,7 +6,7 @@
 # With --validation first, it instead trains two learning rates side by side (each the full epoch) and scores them
 # on the first 300 validation dialogues, fine-tuned only; the test split is not touched:
 #   bash scripts/gpu_qwen.sh --validation GGUF DIALOGSUM_DIR RESULTS_DIR [sft.py overrides for both]
-set -euo pipefail
+set -Eeuo pipefail
 validation=false
 if [ "${1:-}" = --validation ]; then validation=true; shift; fi
 gguf=${1:?joined GGUF}
@@ -15,6 +15,8 @@ results=${3:?results directory}
 shift 3
 recipe=recipes/qwen2.5-coder-1.5b.yaml
 mkdir -p "$results"
+exec 3>&1  # the terminal, for the failure report: a step that fails may have its output redirected to a log
+trap 'echo "failed; the logs end with:" >&3; tail -n 15 "$results"/*.log outputs/qwen-lr*-eval.log >&3 2>/dev/null' ERR
 start=$(date +%s)
 python scripts/prepare_embedded_model.py --model qwen2.5-coder-1.5b --gguf "$gguf" >"$results/prepare.log" 2>&1
 echo "checkpoint ready in $(( $(date +%s) - start )) s"
@@ -34,11 +36,12 @@ train_runtime() {
 }
 
 if $validation; then
-  for lr in 2e-4 5e-4; do
+  for lr in 2e-4 5e-4; do  # 7 files come back: the device returns at most 8
     (
+      rm -rf "outputs/qwen-lr$lr"
       train "outputs/qwen-lr$lr" --learning_rate "$lr" "$@" >"$results/lr$lr-train.log" 2>&1
       evaluate "outputs/qwen-lr$lr" --split validation --max_samples 300 --no_base \
-        --output_dir "outputs/qwen-lr$lr/eval-validation" >"$results/lr$lr-eval.log" 2>&1
+        --output_dir "outputs/qwen-lr$lr/eval-validation" >"outputs/qwen-lr$lr-eval.log" 2>&1
       cp "outputs/qwen-lr$lr/train_results.json" "$results/lr$lr-train_results.json"
       cp "outputs/qwen-lr$lr/eval-validation/eval_results.json" "$results/lr$lr-validation.json"
     ) &
@@ -53,7 +56,7 @@ if $validation; then
   exit 0
 fi
 
-run=outputs/qwen2.5-coder-1.5b-gpu
+run=outputs/qwen2.5-coder-1.5b-gpu  # 8 files come back: the device returns at most 8
 rm -rf "$run"
 step=$(date +%s)
 train "$run" "$@" >"$results/train.log" 2>&1
