@@ -1,4 +1,4 @@
-.PHONY: install model demo test style quality train bench clean
+.PHONY: install model llama-cpp demo test style quality train bench clean
 
 PYTHON ?= python3
 VENV := .venv
@@ -23,6 +23,11 @@ $(MODEL_DIR)/config.json: $(BIN)/.installed
 	$(BIN)/python scripts/prepare_embedded_model.py --output_dir $(MODEL_DIR)
 
 model: $(MODEL_DIR)/config.json
+
+# llama.cpp's GGUF converter (with its own gguf-py) and the llama-simple / llama-quantize tools, from the vendored
+# copy in the llama-cpp-python sdist, into .cache/llama.cpp (scripts/export.py; a first build takes minutes).
+llama-cpp: $(BIN)/.installed
+	$(BIN)/python -c "from dialogsum_sft.export import build_llama_cpp; print(build_llama_cpp())"
 
 # A short CPU run of the embedded recipe, then base vs fine-tuned on held-out dialogues.
 demo: install
