@@ -102,8 +102,7 @@ def build_llama_cpp(root: Path = LLAMA_CPP_DIR, jobs: int = 2) -> Path:
     for tool in ("cmake", "c++"):
         if shutil.which(tool) is None:
             raise ExportError(f"{tool} is not installed: `apt-get install -y cmake g++`, then run make llama-cpp")
-    if not (build / "CMakeCache.txt").is_file():
-        _run(["cmake", "-S", str(src), "-B", str(build), *CMAKE_FLAGS], "cmake configure of llama.cpp")
+    _run(["cmake", "-S", str(src), "-B", str(build), *CMAKE_FLAGS], "cmake configure of llama.cpp")  # seconds
     _run(["cmake", "--build", str(build), "-j", str(jobs), "--target", *BINARIES], "cmake build of llama.cpp")
     return build / "bin"
 
@@ -270,7 +269,7 @@ def export(
     staging = output_dir.with_name(output_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    stem = _model_stem(adapter)
+    stem = _model_stem(adapter.base_model_hub_id)
     files, seconds = {}, {}
 
     start = time.perf_counter()
@@ -331,16 +330,13 @@ def export(
     return manifest
 
 
-def _model_stem(adapter) -> str:
-    return adapter.base_model_hub_id.rstrip("/").split("/")[-1] + "-dialogsum"
+def _model_stem(base_model_hub_id: str) -> str:
+    return base_model_hub_id.rstrip("/").split("/")[-1] + "-dialogsum"
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _adapter_rouge(adapter_dir: Path) -> dict | None:
@@ -378,7 +374,7 @@ def export_card(manifest: dict, repo_id: str | None) -> str:
         pipeline_tag="text-generation",
         tags=["dialogsum", "summarization", *(["gguf", "llama.cpp", "ollama"] if ggufs else [])],
     )
-    name = repo_id.split("/")[-1] if repo_id else _model_stem_from(manifest)
+    name = repo_id.split("/")[-1] if repo_id else _model_stem(manifest["base_model_hub_id"])
     lines = [
         f"# {name}",
         "",
@@ -414,10 +410,6 @@ def export_card(manifest: dict, repo_id: str | None) -> str:
                   "Ollama (the Modelfile holds the template, stop tokens, system prompt and temperature 0):", "",
                   "```bash", "ollama create dialogsum -f Modelfile", "ollama run dialogsum", "```"]
     return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n"
-
-
-def _model_stem_from(manifest: dict) -> str:
-    return manifest["base_model_hub_id"].rstrip("/").split("/")[-1] + "-dialogsum"
 
 
 def push_export(output_dir: str | Path, repo_id: str, *, private: bool = False) -> str:
