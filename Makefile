@@ -24,7 +24,7 @@ $(MODEL_DIR)/config.json: $(BIN)/.installed
 
 model: $(MODEL_DIR)/config.json
 
-# llama.cpp's GGUF converter (with its own gguf-py) and the llama-simple / llama-quantize tools, from the vendored
+# llama.cpp's GGUF converter (with its own gguf-py) and the llama-completion / llama-quantize tools, from the vendored
 # copy in the llama-cpp-python sdist, into .cache/llama.cpp (scripts/export.py; a first build takes minutes).
 llama-cpp: $(BIN)/.installed
 	$(BIN)/python -c "from dialogsum_sft.export import build_llama_cpp; print(build_llama_cpp())"

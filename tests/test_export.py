@@ -142,14 +142,18 @@ def test_gguf_loaded_by_transformers_generates_the_merged_models_tokens(exported
 def test_llama_cpp_generates_the_same_greedy_tokens_as_transformers(exported, llama_cpp, smollm2_dir):
     out, _ = exported
     tokenizer = load_tokenizer(smollm2_dir)
-    prompt = render_prompt(tokenizer, DIALOGUE)
-    for kind in ("f16", "q8_0"):
-        expected = tokenizer.decode(greedy(load(out, f"{STEM}-{kind}.gguf"), tokenizer, prompt))
-        # llama-simple tokenizes the text with special tokens parsed, prints the prompt, then the greedy tokens.
-        result = subprocess.run([str(llama_cpp / "llama-simple"), "-m", str(out / f"{STEM}-{kind}.gguf"),
-                                 "-n", str(NEW_TOKENS), prompt], capture_output=True, text=True, timeout=300)
+    # Q8_0: llama.cpp also rounds the activations to 8 bits, so it keeps transformers' tokens on short prompts only.
+    short = "<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n"
+    for kind, prompt, new_tokens in (("f16", render_prompt(tokenizer, DIALOGUE), NEW_TOKENS), ("q8_0", short, 8)):
+        expected = tokenizer.decode(greedy(load(out, f"{STEM}-{kind}.gguf"), tokenizer, prompt, new_tokens))
+        # One thread: ggml's threads wait for each other at every op, which crawls on a busy 2-core machine.
+        result = subprocess.run([str(llama_cpp / "llama-completion"), "-m", str(out / f"{STEM}-{kind}.gguf"),
+                                 "-p", prompt, "-n", str(new_tokens), "-t", "1", "--temp", "0", "-no-cnv",
+                                 "--no-display-prompt", "-sp", "--no-warmup", "-c", "1024"],
+                                capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-2000:]
-        assert result.stdout == prompt + expected + "\n", kind
+        generated = result.stdout.removesuffix("\n").removesuffix(" [end of text]").removesuffix("<|im_end|>")
+        assert generated.strip() == expected.strip() and expected.strip(), kind
 
 
 def test_push_publishes_gguf_modelfile_and_card_in_one_commit(hub_server, tmp_path, adapter_dir, llama_cpp):

@@ -4,7 +4,7 @@ The merged checkpoint folds the adapter into the base the way evaluation found b
 to NF4 as in training, dequantized to bf16, adapter merged), so its weights are those evaluate.py scored.
 GGUF files come from llama.cpp's own `convert_hf_to_gguf.py` with the `gguf-py` of the same commit, unpacked from
 the llama-cpp-python sdist (which vendors llama.cpp whole) into .cache/llama.cpp by `make llama-cpp`; the same
-sources build `llama-quantize` (K-quants, which gguf-py cannot write) and `llama-simple` (the greedy runtime the
+sources build `llama-quantize` (K-quants, which gguf-py cannot write) and `llama-completion` (the runtime the
 tests check the files with). Nothing is downloaded at export time, so export works offline once the cache exists.
 
 An export is staged in `<output_dir>.partial` and renamed into place last; `export.json` marks it finished.
@@ -35,7 +35,7 @@ LLAMA_CPP_PYTHON = "0.3.36"  # llama-cpp-python sdist whose vendor/llama.cpp pro
 LLAMA_CPP_DIR = Path(".cache") / "llama.cpp"
 # The converter imports sentencepiece before it looks for a tokenizer.model; installed next to it, not in the venv.
 CONVERTER_DEPS = ("sentencepiece>=0.1.98,<0.3",)
-BINARIES = ("llama-simple", "llama-quantize")
+BINARIES = ("llama-completion", "llama-quantize")
 CMAKE_FLAGS = (
     "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=OFF", "-DGGML_OPENMP=OFF", "-DBUILD_SHARED_LIBS=OFF",
     "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_SERVER=OFF",
@@ -95,7 +95,7 @@ def fetch_llama_cpp(root: Path = LLAMA_CPP_DIR) -> Path:
 
 
 def build_llama_cpp(root: Path = LLAMA_CPP_DIR, jobs: int = 2) -> Path:
-    """Build llama-simple and llama-quantize (CPU, Release) under `root`/build; incremental, so cached."""
+    """Build llama-completion and llama-quantize (CPU, Release) under `root`/build; incremental, so cached."""
     root = Path(root)
     src = fetch_llama_cpp(root)
     build = root / "build"
