@@ -17,7 +17,7 @@ import trl
 import yaml
 
 from .data import DATASET_HUB_ID
-from .errors import RecipeError
+from .errors import RecipeError, is_local_path
 
 
 # Keys that must never be written to disk or printed.
@@ -179,6 +179,64 @@ def validate(script_args: ScriptArguments, training_args: SFTConfig, model_args:
         value = getattr(script_args, name)
         if value is not None and value < 1:
             raise RecipeError(f"{name} must be at least 1; got {value}")
+
+
+# Attention implementations that keep padding-free / packed sequences apart: flash attention and this project's
+# sdpa_varlen (attention.py) read the sequence boundaries (cu_seq_lens) the collator passes, and transformers builds
+# a block-diagonal mask from position_ids for sdpa, eager and flex attention (tests/test_packing.py checks them).
+PACKING_SAFE_ATTENTION = ("sdpa_varlen", "sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3")
+
+
+def base_model_hub_id(model_args) -> str:
+    """The Hub id to record as the adapter's base model (never a local path)."""
+    if model_args.base_model_hub_id:
+        if is_local_path(model_args.base_model_hub_id):
+            raise RecipeError(f"base_model_hub_id must be a Hub id such as org/name; got {model_args.base_model_hub_id}")
+        return model_args.base_model_hub_id
+    if is_local_path(model_args.model_name_or_path):
+        raise RecipeError(
+            f"model_name_or_path is a local path ({model_args.model_name_or_path}): set base_model_hub_id to the "
+            "Hub id of that model so the adapter names a base its users can download"
+        )
+    return model_args.model_name_or_path
+
+
+def check_attention_for_packing(training_args, model_args) -> None:
+    packs = training_args.packing or training_args.padding_free
+    implementation = model_args.attn_implementation or "sdpa"
+    if packs and implementation not in PACKING_SAFE_ATTENTION:
+        raise RecipeError(
+            f"packing/padding_free with attn_implementation={implementation} would let packed examples attend to "
+            f"each other; use one of {', '.join(PACKING_SAFE_ATTENTION)} or turn packing off"
+        )
+
+
+def check_gpu(require_gpu: bool) -> None:
+    import torch
+
+    if require_gpu and not torch.cuda.is_available():
+        raise RecipeError(
+            "this recipe needs a CUDA GPU (require_gpu: true) and none is visible; on CPU use "
+            "recipes/smollm2-135m.yaml, or pass --require_gpu false to try anyway"
+        )
+
+
+def prepare_trainer_args(training_args: SFTConfig, model_args: ModelConfig) -> None:
+    """What TRL's SFTTrainer needs beyond the recipe: the model's load kwargs, a max_length it can enforce."""
+    if training_args.padding_free and not training_args.packing:
+        # data.prepare_for_training already dropped every example longer than max_length; TRL refuses a max_length it cannot enforce
+        # without packing, so it gets none.
+        training_args.max_length = None
+    training_args.model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+        **(training_args.model_init_kwargs or {}),
+    }
+    if training_args.distributed_state.distributed_type != "NO":
+        # TRL clears device_map only for DDP and DeepSpeed; under FSDP its "auto" would spread each rank's 4-bit
+        # model over every GPU. None lets bitsandbytes place it on the rank's own device.
+        training_args.model_init_kwargs["device_map"] = None
 
 
 def resolved_recipe(keys: list[str], *configs) -> dict[str, Any]:
