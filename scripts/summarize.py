@@ -16,17 +16,9 @@ import logging
 import re
 import sys
 
-from dialogsum_sft.errors import DataError, UserError, run_cli
-from dialogsum_sft.generation import (
-    TUNED_WEIGHTS,
-    TUNED_WEIGHTS_HELP,
-    default_device,
-    load_for_generation,
-    prepare_adapter,
-    resolve_dtype,
-    summarize,
-    tuned_loading,
-)
+from dialogsum_sft.adapters import open_adapter
+from dialogsum_sft.errors import DataError, run_cli
+from dialogsum_sft.generation import GenerationOptions, add_generation_arguments, summarize, tuned_settings
 
 
 logger = logging.getLogger("summarize")
@@ -42,17 +34,9 @@ def parse_args(argv):
     source.add_argument("--input", help="plain-text file: dialogues separated by blank lines (default: stdin)")
     source.add_argument("--jsonl", help="JSON lines with a `dialogue` field; writes the rows with a `summary` added")
     parser.add_argument("--output", help="write here instead of stdout")
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--max_new_tokens", type=int, default=128)
-    parser.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"),
-                        help="weights dtype (auto: bfloat16 on GPU, float32 on CPU)")
-    parser.add_argument("--weights", default="auto", choices=("auto", *TUNED_WEIGHTS),
-                        help=TUNED_WEIGHTS_HELP)
+    add_generation_arguments(parser, batch_size=16)
     args = parser.parse_args(argv)
-    for name in ("batch_size", "max_new_tokens"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name} must be at least 1; got {getattr(args, name)}")
-    return args
+    return args, GenerationOptions.from_args(args)
 
 
 def read_text(handle, where: str) -> list[str]:
@@ -86,13 +70,13 @@ def read_jsonl(path: str) -> list[dict]:
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    args, options = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
     ###################
     # 1. Adapter and its base model (checked before reading stdin, which may be typed by hand)
     ###################
-    adapter = prepare_adapter(args.adapter, base_model=args.base_model, revision=args.revision)
+    adapter = open_adapter(args.adapter, base_model=args.base_model, revision=args.revision)
     logger.info(f"base model: {adapter.base_model} ({adapter.base_model_source})")
 
     ###################
@@ -116,16 +100,13 @@ def main(argv=None):
     ###################
     # 3. Weights
     ###################
-    device = default_device()
-    dtype = resolve_dtype(args.dtype, device)
-    _, load = tuned_loading(adapter.recipe, args.weights, dtype, device)
-    model = load_for_generation(adapter.base_model, adapter.directory, **load)
+    model = tuned_settings(adapter.recipe, options.weights, options.dtype).load(adapter.base_model, adapter.directory)
 
     ###################
     # 4. Summaries
     ###################
-    summaries = summarize(model, adapter.tokenizer, dialogues, batch_size=args.batch_size,
-                          max_new_tokens=args.max_new_tokens, stop_ids=adapter.stop_ids,
+    summaries = summarize(model, adapter.tokenizer, dialogues, batch_size=options.batch_size,
+                          max_new_tokens=options.max_new_tokens, stop_ids=adapter.stop_ids,
                           progress=sys.stderr.isatty())
     if rows is not None:
         lines = [json.dumps({**row, "summary": summary}, ensure_ascii=False) for row, summary in zip(rows, summaries)]

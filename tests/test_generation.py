@@ -7,9 +7,10 @@ import pytest
 import torch
 import yaml
 
+from dialogsum_sft.adapters import open_adapter
 from dialogsum_sft.data import render_prompt
 from dialogsum_sft.errors import ModelError
-from dialogsum_sft.generation import four_bit_config, load_for_generation, prepare_adapter, summarize
+from dialogsum_sft.generation import four_bit_config, load_for_generation, summarize
 from dialogsum_sft.model import load_tokenizer
 
 
@@ -146,18 +147,18 @@ def test_merging_into_the_dequantized_nf4_base_matches_the_4bit_forward(base, tm
     assert not torch.allclose(full_logits, exact_logits, atol=1e-2)  # NF4 rounding is what the check above keeps
 
 
-def test_prepare_adapter_uses_the_local_base_from_the_recipe_and_checks_the_fit(tmp_path, base_dir, smollm2_dir):
+def test_open_adapter_uses_the_local_base_from_the_recipe_and_checks_the_fit(tmp_path, base_dir, smollm2_dir):
     recipe = {"model_name_or_path": base_dir, "base_model_hub_id": BASE_HUB_ID}
-    adapter = prepare_adapter(tiny_adapter(tmp_path / "adapter", base_dir, recipe))
+    adapter = open_adapter(tiny_adapter(tmp_path / "adapter", base_dir, recipe))
     assert adapter.base_model == base_dir and adapter.base_model_hub_id == BASE_HUB_ID
     assert adapter.stop_ids == [load_tokenizer(base_dir).eos_token_id]
 
     wider = tiny_llama(tmp_path / "wider", smollm2_dir, hidden_size=48)
     with pytest.raises(ModelError, match="base model mismatch: .* hidden|base model mismatch: .*features"):
-        prepare_adapter(str(tmp_path / "adapter"), base_model=wider)
+        open_adapter(str(tmp_path / "adapter"), base_model=wider)
 
     shutil.copytree(base_dir, tmp_path / "small-vocab")
     config = json.loads((tmp_path / "small-vocab" / "config.json").read_text())
     (tmp_path / "small-vocab" / "config.json").write_text(json.dumps({**config, "vocab_size": 32000}))
     with pytest.raises(ModelError, match="base model mismatch: .*vocabulary has 32000 tokens"):
-        prepare_adapter(str(tmp_path / "adapter"), base_model=str(tmp_path / "small-vocab"))
+        open_adapter(str(tmp_path / "adapter"), base_model=str(tmp_path / "small-vocab"))
