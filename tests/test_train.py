@@ -42,7 +42,7 @@ def test_qlora_smollm2_trains_and_saves_a_complete_adapter(tmp_path, smollm2_dir
     assert 2 in ([generation["eos_token_id"]] if isinstance(generation["eos_token_id"], int) else generation["eos_token_id"])
     recipe = yaml.safe_load((out / "recipe.yaml").read_text())
     assert recipe["max_steps"] == 2 and recipe["load_in_4bit"] is True
-    results = json.loads((out / "train_results.json").read_text())
+    results = json.loads((out / "run_results.json").read_text())
     assert results["metrics"]["train_samples"] == 8 and results["metrics"]["eval_loss"] > 0
     assert results["data"]["train"]["rows"] == 8 and results["libraries"]["trl"]
     assert (out / "chat_template.jinja").is_file() and not (out / ".incomplete").exists()
@@ -272,7 +272,7 @@ def test_hub_token_never_reaches_outputs_logs_or_the_hub(tmp_path, tiny_model_di
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
 
     written = {path.relative_to(out).as_posix() for path in out.rglob("*") if path.is_file()}
-    expected = {"recipe.yaml", "train_results.json", "trainer_state.json", "training_args.bin", "README.md",
+    expected = {"recipe.yaml", "run_results.json", "trainer_state.json", "training_args.bin", "README.md",
                 "adapter_model.safetensors", "checkpoint-1/training_args.bin", "checkpoint-2/optimizer.pt",
                 "eval/eval_results.json", "eval/predictions.jsonl", "eval/hub/README.md", "eval/hub/recipe.yaml"}
     assert expected <= written
