@@ -107,6 +107,7 @@ class RecipeParser(trl.TrlParser):
         """Parse a recipe and overrides; the last item is the resolved recipe (see `resolved_recipe`)."""
         argv = list(argv)
         config: dict[str, Any] = {}
+        config_args: list[str] = []
         if argv and not argv[0].startswith("-"):
             argv = ["--config", *argv]  # positional recipe: `sft.py recipes/x.yaml ...`
         if "--config" in argv:
@@ -115,21 +116,20 @@ class RecipeParser(trl.TrlParser):
                 raise RecipeError("--config needs a recipe path")
             path = argv.pop(index + 1)
             argv.pop(index)
+            config_args = ["--config", path]
+            # Read here first: TRL's parse_args_and_config gives no line for bad YAML and drops unknown keys silently.
             config = load_recipe_file(path)
             for key in config:
                 if key not in self.known_keys() and key != "env":
                     raise self._unknown_key_error(key, f"in {path}")
             self._check_types({k: v for k, v in config.items() if k != "env"}, path)
-            for key, value in config.pop("env", {}).items():
-                os.environ[key] = str(value)
-            self.set_defaults_with_config(**config)
         _, remaining = self.parse_known_args(argv)  # before the dataclasses' own checks can fail first
         if remaining:
             key = next((arg for arg in remaining if arg.startswith("--")), remaining[0])
             raise self._unknown_key_error(key.lstrip("-").split("=")[0], "on the command line")
-        try:
-            parsed = self.parse_args_into_dataclasses(args=argv)
-        except (TypeError, ValueError) as err:  # raised by the dataclasses' __post_init__ checks
+        try:  # TRL sets the recipe's `env` (refusing one that is not a mapping), its defaults, then parses
+            parsed = self.parse_args_and_config(args=[*config_args, *argv])
+        except (TypeError, ValueError) as err:  # TRL's env check and the dataclasses' __post_init__ checks
             message = str(err).splitlines()[0]
             if "bf16/gpu" in message:
                 message = "bf16: true needs a GPU with bf16 support; to train on the CPU pass --use_cpu true"
@@ -138,7 +138,7 @@ class RecipeParser(trl.TrlParser):
         validate(script_args, training_args, model_args)
         dest_of = {option: action.dest for action in self._actions for option in action.option_strings}
         cli_keys = [dest_of[arg.split("=")[0]] for arg in argv if arg.split("=")[0] in dest_of]
-        keys = list(dict.fromkeys([*config, *cli_keys]))
+        keys = list(dict.fromkeys([*(key for key in config if key != "env"), *cli_keys]))
         return script_args, training_args, model_args, resolved_recipe(keys, *parsed)
 
 
