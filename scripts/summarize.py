@@ -13,10 +13,10 @@ JSON lines (--jsonl FILE): rows with a `dialogue` field; each row is written bac
 import argparse
 import json
 import logging
-import re
 import sys
 
 from dialogsum_sft.adapters import open_adapter
+from dialogsum_sft.data import read_dialogue_rows, read_dialogues
 from dialogsum_sft.errors import DataError, run_cli
 from dialogsum_sft.generation import GenerationOptions, add_generation_arguments, summarize, tuned_settings
 
@@ -39,36 +39,6 @@ def parse_args(argv):
     return args, GenerationOptions.from_args(args)
 
 
-def read_text(handle, where: str) -> list[str]:
-    dialogues = [block.strip() for block in re.split(r"\n\s*\n", handle.read())]
-    dialogues = [block for block in dialogues if block]
-    if not dialogues:
-        raise DataError(f"no dialogue in {where}: write one turn per line, a blank line between dialogues")
-    return dialogues
-
-
-def read_jsonl(path: str) -> list[dict]:
-    rows = []
-    try:
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError as err:
-                    raise DataError(f"{path} line {number} is not JSON: {err}") from err
-                dialogue = row.get("dialogue") if isinstance(row, dict) else None
-                if not isinstance(dialogue, str) or not dialogue.strip():
-                    raise DataError(f"{path} line {number} has no non-empty `dialogue` string")
-                rows.append(row)
-    except OSError as err:
-        raise DataError(f"cannot read {path}: {err.strerror}") from err
-    if not rows:
-        raise DataError(f"{path} has no rows")
-    return rows
-
-
 def main(argv=None):
     args, options = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -84,18 +54,18 @@ def main(argv=None):
     ###################
     rows = None
     if args.jsonl:
-        rows = read_jsonl(args.jsonl)
+        rows = read_dialogue_rows(args.jsonl)
         dialogues = [row["dialogue"] for row in rows]
     elif args.input:
         try:
             with open(args.input, encoding="utf-8") as handle:
-                dialogues = read_text(handle, args.input)
+                dialogues = read_dialogues(handle, args.input)
         except OSError as err:
             raise DataError(f"cannot read {args.input}: {err.strerror}") from err
     else:
         if sys.stdin.isatty():
             print("reading dialogues from stdin (blank line between dialogues, Ctrl-D to end)", file=sys.stderr)
-        dialogues = read_text(sys.stdin, "stdin")
+        dialogues = read_dialogues(sys.stdin, "stdin")
 
     ###################
     # 3. Weights

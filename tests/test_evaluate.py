@@ -8,11 +8,10 @@ import sys
 
 import pytest
 import torch
-from test_generation import BASE_HUB_ID, tiny_adapter, tiny_llama
 
 from dialogsum_sft.adapters import open_adapter
 from dialogsum_sft.generation import base_settings, summarize, tuned_settings
-from helpers import ROOT, error_lines, run_script
+from helpers import BASE_HUB_ID, ROOT, error_lines, run_script, tiny_adapter, tiny_llama
 from hub_server import TOKEN
 
 

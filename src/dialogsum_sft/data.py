@@ -6,6 +6,7 @@ prompts with `build_prompt`, so the three can never drift apart.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -121,6 +122,38 @@ def validate_rows(rows, split: str) -> None:
             if not isinstance(text, str) or not text.strip():
                 row_id = rows[index]["id"]
                 raise DataError(f"{split} row {index} (id {row_id}) has an empty {column}; fix or remove that row")
+
+
+def read_dialogues(handle, where: str) -> list[str]:
+    """Plain-text dialogues: one turn per line, blank lines between dialogues."""
+    dialogues = [block.strip() for block in re.split(r"\n\s*\n", handle.read())]
+    dialogues = [block for block in dialogues if block]
+    if not dialogues:
+        raise DataError(f"no dialogue in {where}: write one turn per line, a blank line between dialogues")
+    return dialogues
+
+
+def read_dialogue_rows(path: str) -> list[dict]:
+    """JSON-lines rows, each with a non-empty `dialogue` string."""
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as err:
+                    raise DataError(f"{path} line {number} is not JSON: {err}") from err
+                dialogue = row.get("dialogue") if isinstance(row, dict) else None
+                if not isinstance(dialogue, str) or not dialogue.strip():
+                    raise DataError(f"{path} line {number} has no non-empty `dialogue` string")
+                rows.append(row)
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err.strerror}") from err
+    if not rows:
+        raise DataError(f"{path} has no rows")
+    return rows
 
 
 def unique_dialogues(rows) -> list[dict]:
