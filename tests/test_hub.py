@@ -13,7 +13,8 @@ from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 
 from dialogsum_sft import hub
-from dialogsum_sft.hub import HubError, push_folder, resolve_adapter
+from dialogsum_sft.errors import HubError
+from dialogsum_sft.hub import push_folder, resolve_adapter
 from hub_server import OTHER_TOKEN, TOKEN, USER
 
 

@@ -2,7 +2,7 @@
 
 Every anticipated failure (bad recipe, bad data, unreachable model) is raised as a `UserError` subclass with a
 message that names the problem and the fix; `run_cli` turns it into a single `error: ...` line and exit status 2.
-`explain_load_error` (models, tokenizers, datasets) and `hub.as_hub_error` (pushes, adapter downloads) read the
+`explain_load_error` (models, tokenizers, datasets) and `as_hub_error` (pushes, adapter downloads) read the
 same cause chain with `causes`, and no message built here holds the token.
 """
 
@@ -28,6 +28,10 @@ class DataError(UserError):
 
 class ModelError(UserError):
     pass
+
+
+class HubError(UserError):
+    """A Hub operation (push, adapter download) failed; the message is one line and never contains the token."""
 
 
 class UnreachableError(UserError):
@@ -63,10 +67,14 @@ def causes(err: BaseException | None) -> Iterator[BaseException]:
         err = err.__cause__ or err.__context__
 
 
-# The messages shared by loading (explain_load_error) and pushing (hub.as_hub_error).
+# The messages shared by loading (explain_load_error) and the Hub client (as_hub_error).
 def auth_failed_message(what: str, name: str, access: str = "read") -> str:
     return f"the Hub refused the token for {what} {name}: set HF_TOKEN or run `hf auth login` with a valid token " \
         f"that can {access} it"
+
+
+def revision_not_found_message(what: str, name: str) -> str:
+    return f"revision not found in {what} {name}"
 
 
 def not_found_message(what: str, name: str) -> str:
@@ -146,7 +154,7 @@ def explain_load_error(err: Exception, name: str, what: str = "model", error_typ
     if not_found or "is not a valid model identifier" in text:
         return error_type(not_found_message(what, name))
     if raised(RevisionNotFoundError) or "is not a valid git identifier" in text:
-        return error_type(f"{what} {name} has no such revision on the Hub (check its revision)")
+        return error_type(revision_not_found_message(what, name))
     status = next((exc.response.status_code for exc in chain if isinstance(exc, HfHubHTTPError)
                    and exc.response is not None), None)
     if status in (401, 403) or "401 Unauthorized" in text or "403 Forbidden" in text:
@@ -154,3 +162,62 @@ def explain_load_error(err: Exception, name: str, what: str = "model", error_typ
     if isinstance(err, OSError) and os.path.isdir(name):
         return error_type(f"{what} directory {name} is not a usable checkpoint: {str(err).splitlines()[0]}")
     return err
+
+
+def as_hub_error(
+    err: BaseException, repo_id: str, *, endpoint: str | None = None, token: str | None = None, access: str = "write to"
+) -> HubError | None:
+    """The `HubError` for a failed Hub call on `repo_id`, or None if `err` is not a Hub failure (a bug: re-raise it).
+
+    huggingface_hub wraps some failures (LFS uploads in RuntimeError, unreachable Hub in LocalEntryNotFoundError),
+    so the whole cause chain is inspected.
+    """
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    endpoint = endpoint or constants.ENDPOINT
+    chain = list(causes(err))
+    message = next(filter(None, (_describe(exc, repo_id, endpoint, access) for exc in chain)), None)
+    if message is None and any(isinstance(exc, LocalEntryNotFoundError) for exc in chain):
+        message = f"cannot download {repo_id} from {endpoint}: {_first_line(str(err))}"
+    if message is None:
+        return None
+    return HubError(_redact(" ".join(message.split()), token))
+
+
+def _describe(exc: BaseException, repo_id: str, endpoint: str, access: str) -> str | None:
+    import httpx2
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        HFValidationError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    if isinstance(exc, HFValidationError):
+        return f"invalid repo id {repo_id!r}: {exc}"
+    if isinstance(exc, RevisionNotFoundError):
+        return revision_not_found_message("repository", repo_id)
+    if isinstance(exc, RepositoryNotFoundError):
+        return not_found_message("repository", repo_id)
+    if isinstance(exc, HfHubHTTPError) and exc.response.status_code in (401, 403):
+        return auth_failed_message("repository", repo_id, access)
+    if isinstance(exc, HfHubHTTPError):
+        detail = _first_line(exc.server_message or exc.response.reason_phrase)
+        return f"the Hub answered HTTP {exc.response.status_code} for {repo_id}: {detail}; try again later"
+    if isinstance(exc, (httpx2.TransportError, ConnectionError)):  # ConnectionError covers HF_HUB_OFFLINE=1
+        return f"cannot reach the Hub at {endpoint}: {_first_line(str(exc)) or type(exc).__name__}"
+    return None
+
+
+def _first_line(text: str) -> str:
+    return text.partition("\n")[0]
+
+
+def _redact(text: str, token: str | None) -> str:
+    from huggingface_hub.utils import get_token
+
+    # Defence in depth: no message we build holds the token, but a server or proxy may echo it back.
+    for secret in {token, get_token()} - {None, ""}:
+        text = text.replace(secret, "<token>")
+    return text

@@ -14,17 +14,11 @@ from pathlib import Path
 
 import httpx2
 from huggingface_hub import HfApi, constants, snapshot_download
-from huggingface_hub.errors import (
-    HfHubHTTPError,
-    HFValidationError,
-    LocalEntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
-from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects, get_token, validate_repo_id
+from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects, validate_repo_id
 
 from .adapters import ADAPTER_CONFIG
-from .errors import UserError, auth_failed_message, causes, looks_like_path, not_found_message
+from .errors import HubError, as_hub_error, causes, looks_like_path
 
 
 # Trainer output that is not part of the published adapter. Patterns are fnmatch on paths relative to the folder,
@@ -45,10 +39,6 @@ DEFAULT_IGNORE_PATTERNS_PUSH = (
 _COMMIT_ATTEMPTS = 3
 _RETRY_WAIT_S = 2.0
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-
-
-class HubError(UserError):
-    """A Hub operation failed; the message is one line and never contains the token."""
 
 
 def push_folder(
@@ -103,45 +93,6 @@ def resolve_adapter(name_or_path: str | Path, *, token: str | None = None, revis
     return _check_adapter_dir(Path(folder), where)
 
 
-def as_hub_error(
-    err: BaseException, repo_id: str, *, endpoint: str | None = None, token: str | None = None, access: str = "write to"
-) -> HubError | None:
-    """The `HubError` for a failed Hub call on `repo_id`, or None if `err` is not a Hub failure (a bug: re-raise it).
-
-    huggingface_hub wraps some failures (LFS uploads in RuntimeError, unreachable Hub in LocalEntryNotFoundError),
-    so the whole cause chain is inspected.
-    """
-    endpoint = endpoint or constants.ENDPOINT
-    chain = list(causes(err))
-    message = next(filter(None, (_describe(exc, repo_id, endpoint, access) for exc in chain)), None)
-    if message is None and any(isinstance(exc, LocalEntryNotFoundError) for exc in chain):
-        message = f"cannot download {repo_id} from {endpoint}: {_first_line(str(err))}"
-    if message is None:
-        return None
-    return HubError(_redact(" ".join(message.split()), token))
-
-
-def _describe(exc: BaseException, repo_id: str, endpoint: str, access: str) -> str | None:
-    if isinstance(exc, HFValidationError):
-        return f"invalid repo id {repo_id!r}: {exc}"
-    if isinstance(exc, RevisionNotFoundError):
-        return f"revision not found in repository {repo_id}"
-    if isinstance(exc, RepositoryNotFoundError):
-        return not_found_message("repository", repo_id)
-    if isinstance(exc, HfHubHTTPError) and exc.response.status_code in (401, 403):
-        return auth_failed_message("repository", repo_id, access)
-    if isinstance(exc, HfHubHTTPError):
-        detail = _first_line(exc.server_message or exc.response.reason_phrase)
-        return f"the Hub answered HTTP {exc.response.status_code} for {repo_id}: {detail}; try again later"
-    if isinstance(exc, (httpx2.TransportError, ConnectionError)):  # ConnectionError covers HF_HUB_OFFLINE=1
-        return f"cannot reach the Hub at {endpoint}: {_first_line(str(exc)) or type(exc).__name__}"
-    return None
-
-
-def _first_line(text: str) -> str:
-    return text.partition("\n")[0]
-
-
 def _is_transient(err: BaseException) -> bool:
     for exc in causes(err):
         if isinstance(exc, HfHubHTTPError):
@@ -150,13 +101,6 @@ def _is_transient(err: BaseException) -> bool:
             # A refused connection means a wrong endpoint or no network: retrying only delays the error.
             return not isinstance(exc, httpx2.ConnectError)
     return False
-
-
-def _redact(text: str, token: str | None) -> str:
-    # Defence in depth: no message we build holds the token, but a server or proxy may echo it back.
-    for secret in {token, get_token()} - {None, ""}:
-        text = text.replace(secret, "<token>")
-    return text
 
 
 @contextmanager

@@ -13,9 +13,9 @@ from pathlib import Path
 from . import embedded
 from .adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, read_json, read_recipe
 from .card import EvalMetrics, build_model_card
-from .errors import UserError, is_local_path
+from .errors import HubError, UserError, as_hub_error, is_local_path
 from .evaluation import RESULTS, adapter_sha256, write_plots
-from .hub import HubError, as_hub_error, push_folder
+from .hub import push_folder
 
 
 logger = logging.getLogger(__name__)
