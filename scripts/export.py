@@ -11,10 +11,11 @@ evaluate.py scores). The folder then runs with `llama-cli -m <file>.gguf` or `ol
 """
 
 import argparse
-import logging
 
 from dialogsum_sft.errors import run_cli
-from dialogsum_sft.export import FORMATS, LLAMA_CPP_DIR, export, hub_repo_id, push_export
+from dialogsum_sft.export import FORMATS, LLAMA_CPP_DIR, export, push_export
+from dialogsum_sft.logs import setup_logging
+from dialogsum_sft.publish import hub_repo_id
 
 
 def parse_args(argv):
@@ -35,8 +36,8 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    repo_id = hub_repo_id(args.hub_model_id) if args.push_to_hub else None  # login checked before the long part
+    setup_logging()
+    repo_id = hub_repo_id(args.hub_model_id, {}) if args.push_to_hub else None  # login checked before the long part
     manifest = export(args.adapter, args.output_dir, args.formats, base_model=args.base_model,
                       revision=args.revision, llama_cpp_dir=args.llama_cpp_dir)
     for name, info in manifest["formats"].items():

@@ -77,7 +77,8 @@ def load(folder, gguf_file=None):
 
 
 def test_merged_checkpoint_is_the_nf4_merged_model_without_quantization_config(exported, adapter_dir):
-    from dialogsum_sft.generation import load_for_generation, prepare_adapter, tuned_loading
+    from dialogsum_sft.adapters import open_adapter
+    from dialogsum_sft.generation import tuned_settings
 
     out, result = exported
     config = json.loads((out / "config.json").read_text())
@@ -88,9 +89,8 @@ def test_merged_checkpoint_is_the_nf4_merged_model_without_quantization_config(e
     assert manifest["weights"] == "nf4-merged" and "NF4" in (out / "README.md").read_text()
     assert not list(out.parent.glob("*.partial")) and not (out / ".merged").exists()
 
-    adapter = prepare_adapter(str(adapter_dir))
-    _, settings = tuned_loading(adapter.recipe, "auto", torch.bfloat16, "cpu")
-    reference = load_for_generation(adapter.base_model, adapter.directory, **settings)
+    adapter = open_adapter(str(adapter_dir))
+    reference = tuned_settings(adapter.recipe, "auto", "bfloat16", "cpu").load(adapter.base_model, adapter.directory)
     merged = load(out)
     name = "model.layers.3.self_attn.q_proj.weight"
     expected = reference.state_dict()[name].to(torch.bfloat16).float()

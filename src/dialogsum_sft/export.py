@@ -165,10 +165,10 @@ def merge_adapter(adapter, folder: Path) -> str:
     import torch
     from transformers import GenerationConfig
 
-    from .generation import load_for_generation, tuned_loading
+    from .generation import tuned_settings
 
-    weights, load = tuned_loading(adapter.recipe, "auto", torch.bfloat16, "cpu")
-    model = load_for_generation(adapter.base_model, adapter.directory, **load).to(torch.bfloat16)
+    settings = tuned_settings(adapter.recipe, "auto", "bfloat16", "cpu")
+    model = settings.load(adapter.base_model, adapter.directory).to(torch.bfloat16)
     # Dequantized weights are plain tensors now; a leftover quantization_config makes loaders (and llama.cpp's
     # converter) treat the checkpoint as bitsandbytes 4-bit.
     for key in ("quantization_config", "_pre_quantization_dtype"):
@@ -185,7 +185,7 @@ def merge_adapter(adapter, folder: Path) -> str:
     config = json.loads((folder / "config.json").read_text())
     if "quantization_config" in config:
         raise ExportError(f"{folder / 'config.json'} still holds a quantization_config after dequantizing")
-    return weights
+    return settings.weights
 
 
 ###################
@@ -247,7 +247,7 @@ def export(
     llama_cpp_dir: str | Path = LLAMA_CPP_DIR,
 ) -> dict:
     """Write the asked `formats` of the adapter to `output_dir`; returns the manifest (also in export.json)."""
-    from .generation import prepare_adapter
+    from .adapters import open_adapter
 
     output_dir, root = Path(output_dir), Path(llama_cpp_dir)
     unknown = [name for name in formats if name not in FORMATS]
@@ -265,7 +265,7 @@ def export(
         if name in QUANTIZE_TYPES and llama_cpp_binary("llama-quantize", root) is None:
             raise ExportError(f"no llama.cpp build for {QUANTIZE_TYPES[name]}: run make llama-cpp")
 
-    adapter = prepare_adapter(adapter_name, base_model=base_model, revision=revision)
+    adapter = open_adapter(adapter_name, base_model=base_model, revision=revision)
     staging = output_dir.with_name(output_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -429,23 +429,3 @@ def push_export(output_dir: str | Path, repo_id: str, *, private: bool = False) 
         f"GGUF {name.removeprefix('gguf-').upper()}" for name in manifest["formats"] if name != "merged"]
     return push_folder(output_dir, repo_id, private=private, commit_message=f"Upload DialogSum {', '.join(kinds)}",
                        ignore_patterns=[*DEFAULT_IGNORE_PATTERNS_PUSH, MANIFEST])
-
-
-def hub_repo_id(name: str | None) -> str:
-    """`namespace/name` to push to, checking the login now rather than after a long export."""
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.utils import get_token
-
-    from .hub import HubError, as_hub_error
-
-    if not name:
-        raise ExportError("--push_to_hub needs --hub_model_id")
-    if get_token() is None:
-        raise HubError("not logged in to the Hub: set HF_TOKEN or run `hf auth login` with a write token")
-    try:
-        return name if "/" in name else f"{HfApi().whoami()['name']}/{name}"
-    except Exception as err:
-        hub_error = as_hub_error(err, name, endpoint=constants.ENDPOINT)
-        if hub_error is None:
-            raise
-        raise hub_error from err

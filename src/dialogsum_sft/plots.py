@@ -5,14 +5,10 @@ from __future__ import annotations
 import json
 import os
 
-import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-
-matplotlib.use("Agg")  # files only: no display on training machines
-
-import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
-
-from .rouge import ROUGE_NAMES, ROUGE_TYPES, check_scores  # noqa: E402
+from .rouge import ROUGE_NAMES, ROUGE_TYPES, check_scores
 
 
 def plot_loss(trainer_state: dict | str | os.PathLike, out_png: str | os.PathLike) -> str:
@@ -43,8 +39,7 @@ def plot_loss(trainer_state: dict | str | os.PathLike, out_png: str | os.PathLik
                   if f"eval_{rouge_type}" in entry and "step" in entry]
         if points:
             rouge[rouge_type] = points
-    fig, axes = plt.subplots(1, 2 if rouge else 1, figsize=(12 if rouge else 7, 4.2), squeeze=False)
-    ax = axes[0][0]
+    fig, ax = _figure((12, 4.2) if rouge else (7, 4.2), panels=2 if rouge else 1)
     if train:
         ax.plot(*zip(*train), label="train loss", color="tab:blue", linewidth=1.5)
     if evals:
@@ -55,7 +50,7 @@ def plot_loss(trainer_state: dict | str | os.PathLike, out_png: str | os.PathLik
     ax.grid(alpha=0.3)
     ax.legend()
     if rouge:
-        ax = axes[0][1]
+        ax = fig.add_subplot(1, 2, 2)
         for rouge_type, points in rouge.items():
             ax.plot(*zip(*points), label=ROUGE_NAMES[rouge_type], marker="o", linewidth=1.5)
         ax.set_xlabel("optimizer step")
@@ -74,7 +69,7 @@ def plot_rouge(metrics: dict, out_png: str | os.PathLike) -> str:
         check_scores(metrics["base"], "metrics['base']")
         models.insert(0, ("base", metrics["base"], "tab:gray"))
     width = 0.8 / len(models)
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = _figure((7, 4.2))
     for index, (label, scores, color) in enumerate(models):
         values = [scores["mean_over_references"][rouge_type] for rouge_type in ROUGE_TYPES]
         positions = [x + (index - (len(models) - 1) / 2) * width for x in range(len(ROUGE_TYPES))]
@@ -104,7 +99,7 @@ def plot_benchmark(
             raise ValueError(f"benchmark row {index} '{value_key}' is not a number: {row[value_key]!r}")
     labels = [str(row[label_key]) for row in rows]
     values = [row[value_key] for row in rows]
-    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * len(rows)))
+    fig, ax = _figure((7, 1.2 + 0.45 * len(rows)))
     bars = ax.barh(range(len(rows)), values, color="tab:blue")
     ax.bar_label(bars, labels=[_format_number(value) for value in values], padding=3, fontsize=9)
     ax.set_yticks(range(len(rows)), labels)
@@ -120,10 +115,18 @@ def _format_number(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"  # 12,345 tokens/s; 12.3 GB
 
 
+def _figure(figsize: tuple[float, float], panels: int = 1):
+    """A figure drawn by Agg without pyplot: no global backend switch, no figure left open in pyplot's registry.
+
+    Returns the figure and the axes of its first panel (of `panels` side by side)."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot(1, panels, 1)
+
+
 def _save(fig, out_png: str | os.PathLike) -> str:
     out_png = os.fspath(out_png)
     os.makedirs(os.path.dirname(out_png) or ".", exist_ok=True)
     fig.tight_layout()
     fig.savefig(out_png, dpi=120, format="png")
-    plt.close(fig)
     return out_png

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from .data import unique_dialogues
 from .errors import RecipeError
 from .generation import summarize
+from .model import stop_token_ids
 from .rouge import ROUGE_TYPES, score
 
 
@@ -30,6 +31,17 @@ class TrainingRouge:
     stop_ids: list[int]
     batch_size: int
     max_new_tokens: int = 128
+
+    @classmethod
+    def for_trainer(cls, trainer, rows) -> TrainingRouge:
+        """The subset and settings the trainer's recipe asks for (`rouge_eval_samples` of `rows`, its eval batch
+        size, the stop ids of its model), after checking the trainer's parallelism lets every rank generate."""
+        check_supported(trainer)
+        return cls.from_rows(
+            rows, trainer.args.rouge_eval_samples, batch_size=trainer.args.per_device_eval_batch_size,
+            max_new_tokens=trainer.args.rouge_eval_max_new_tokens,
+            stop_ids=stop_token_ids(trainer.processing_class, trainer.model.generation_config),
+        )
 
     @classmethod
     def from_rows(cls, rows, count: int, **settings) -> TrainingRouge:
