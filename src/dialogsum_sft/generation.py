@@ -40,13 +40,14 @@ class GenerationOptions:
     max_new_tokens: int = 128
     dtype: str = "auto"  # a DTYPES name; auto: bfloat16 on GPU, float32 on CPU
     weights: str = "auto"  # a TUNED_WEIGHTS key; auto: nf4-merged for adapters trained on a 4-bit base
+    decoding: str = "dynamic"  # a DECODINGS key
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> GenerationOptions:
         for name in ("batch_size", "max_new_tokens"):
             if getattr(args, name) < 1:
                 raise UserError(f"--{name} must be at least 1; got {getattr(args, name)}")
-        return cls(args.batch_size, args.max_new_tokens, args.dtype, args.weights)
+        return cls(args.batch_size, args.max_new_tokens, args.dtype, args.weights, args.decoding)
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser, *, batch_size: int, batch_size_help: str | None = None):
@@ -57,6 +58,9 @@ def add_generation_arguments(parser: argparse.ArgumentParser, *, batch_size: int
     parser.add_argument("--weights", default="auto", choices=("auto", *TUNED_WEIGHTS),
                         help="fine-tuned weights: " + "; ".join(f"{k}: {v}" for k, v in TUNED_WEIGHTS.items())
                         + " (auto: nf4-merged for adapters trained on a 4-bit base)")
+    parser.add_argument("--decoding", default="dynamic", choices=tuple(DECODINGS),
+                        help="how summaries are decoded, all greedy: "
+                        + "; ".join(f"{k}: {v}" for k, v in DECODINGS.items()))
 
 
 @dataclass(frozen=True)
