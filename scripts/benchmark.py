@@ -16,6 +16,7 @@ import sys
 import time
 
 from dialogsum_sft.errors import run_cli
+from dialogsum_sft.generation import DECODINGS
 from dialogsum_sft.runinfo import run_info
 
 
@@ -203,43 +204,45 @@ def run_setup(name: str, model_dir: str, lengths: list[tuple[int, int]], steps: 
     }
 
 
-def generation_speed(model_dir: str, lengths: list[tuple[int, int]], dialogues: int, batch: int) -> dict:
+def generation_speed(model_dir: str, lengths: list[tuple[int, int]], dialogues: int, batch: int,
+                     decoding: str = "dynamic") -> dict:
     """Evaluation speed of the 3B shape: greedy generation as scripts/evaluate.py runs it (bf16 weights with the
-    adapter merged, left-padded batches, longest prompts first). Random weights never emit a stop token, so every
-    summary runs to the median real summary length instead."""
+    adapter merged, `generation.generate_tokens` with `decoding`). Random weights (almost) never emit a stop token,
+    so every summary runs to the median real summary length instead."""
     import statistics
 
     import torch
-    from transformers import AutoModelForCausalLM, GenerationConfig
+    from transformers import AutoModelForCausalLM
+
+    from dialogsum_sft.generation import generate_tokens
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, device_map={"": 0}).eval()
     new_tokens = int(statistics.median(completion for _, completion in lengths))
-    prompts = sorted((prompt for prompt, _ in lengths[:dialogues]), reverse=True)
     generator = torch.Generator().manual_seed(0)
-    config = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                              pad_token_id=PAD_ID, eos_token_id=LLAMA_32_3B["eos_token_id"])
+    prompts = [torch.randint(1000, 128000, (length,), generator=generator).tolist()
+               for length, _ in lengths[:dialogues]]
 
     def run(chunk):
-        longest = max(chunk)
-        ids = torch.full((len(chunk), longest), PAD_ID)
-        mask = torch.zeros((len(chunk), longest), dtype=torch.long)
-        for row, length in enumerate(chunk):
-            ids[row, longest - length:] = torch.randint(1000, 128000, (length,), generator=generator)
-            mask[row, longest - length:] = 1
-        with torch.inference_mode():
-            model.generate(input_ids=ids.cuda(), attention_mask=mask.cuda(), generation_config=config)
+        return generate_tokens(model, chunk, batch_size=batch, max_new_tokens=new_tokens, pad_id=PAD_ID,
+                               stop_ids=LLAMA_32_3B["eos_token_id"], progress=False, decoding=decoding)
 
-    run(prompts[:batch])  # warm-up
-    torch.cuda.synchronize()
+    # Warm-up on the longest prompts: CUDA context and kernels, and for "static" the compiled decoding graph, whose
+    # static cache is sized by the longest prompt (so the measured run reuses it). "continuous" warms up (captures
+    # CUDA graphs) inside every call: its measured time includes that.
     start = time.perf_counter()
-    for first in range(0, len(prompts), batch):
-        run(prompts[first:first + batch])
+    run(sorted(prompts, key=len, reverse=True)[:batch])
+    torch.cuda.synchronize()
+    warmup_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    outputs = run(prompts)
     torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    return {"setup": "generation", "description": f"greedy generation, bf16 merged weights, batches of {batch}, "
-            f"{new_tokens} new tokens per dialogue (the median DialogSum summary)", "dialogues": len(prompts),
-            "new_tokens": new_tokens, "batch": batch, "seconds": round(seconds, 2),
-            "dialogues_per_second": round(len(prompts) / seconds, 2),
+    return {"setup": f"generation-{decoding}", "description": f"greedy generation, bf16 merged weights, {decoding}: "
+            f"{DECODINGS[decoding]}; batches of {batch}, at most {new_tokens} new tokens per dialogue (the median "
+            "DialogSum summary)", "dialogues": len(prompts), "new_tokens": new_tokens,
+            "generated_tokens": sum(len(tokens) for tokens, _ in outputs), "batch": batch,
+            "seconds": round(seconds, 2), "dialogues_per_second": round(len(prompts) / seconds, 2),
+            "warmup_seconds": round(warmup_seconds, 2),
             "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
 
 
@@ -271,7 +274,7 @@ def _tokenizer_stub():
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
+    parser.add_argument("--setups", nargs="*", default=list(SETUPS), choices=list(SETUPS))
     parser.add_argument("--steps", type=int, default=10, help="measured optimizer steps per set-up")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rows", type=int, default=2048, help="DialogSum training rows whose lengths are used")
@@ -281,6 +284,9 @@ def main(argv=None):
     parser.add_argument("--model_dir", default="/tmp/llama-3.2-3b-random")
     parser.add_argument("--generation_dialogues", type=int, default=512,
                         help="dialogues for the generation-speed measurement (0: skip it)")
+    parser.add_argument("--decodings", nargs="+", default=["dynamic"], choices=list(DECODINGS),
+                        help="generation-speed set-ups: how generation.generate_tokens decodes")
+    parser.add_argument("--generation_batch", type=int, default=64, help="prompts generated together")
     parser.add_argument("--profile", help="internal: profile file of the set-up run with --one")
     parser.add_argument("--profile_setup", help="write a torch.profiler table of this set-up (2 extra steps after the "
                         "measured ones) next to --output")
@@ -295,8 +301,9 @@ def main(argv=None):
     if args.one:
         with open(lengths_file) as handle:
             lengths = json.load(handle)
-        if args.one == "generation":
-            result = generation_speed(args.model_dir, lengths, args.generation_dialogues, batch=64)
+        if args.one.startswith("generation-"):
+            result = generation_speed(args.model_dir, lengths, args.generation_dialogues, args.generation_batch,
+                                      decoding=args.one.removeprefix("generation-"))
         else:
             result = run_setup(args.one, args.model_dir, lengths, args.steps, args.warmup, args.profile)
         print("RESULT " + json.dumps(result), flush=True)
@@ -307,10 +314,11 @@ def main(argv=None):
     with open(lengths_file, "w") as handle:
         json.dump(dialogsum_lengths(args.data, args.tokenizer, args.rows), handle)
     results = []
-    for name in args.setups + (["generation"] if args.generation_dialogues else []):
+    generation = [f"generation-{decoding}" for decoding in args.decodings] if args.generation_dialogues else []
+    for name in args.setups + generation:
         command = [sys.executable, __file__, "--one", name, "--steps", str(args.steps), "--warmup", str(args.warmup),
                    "--generation_dialogues", str(args.generation_dialogues), "--model_dir", args.model_dir,
-                   "--output", args.output]
+                   "--generation_batch", str(args.generation_batch), "--output", args.output]
         if name == args.profile_setup:
             command += ["--profile", os.path.splitext(args.output)[0] + f"-profile-{name}.txt"]
         left = None if args.time_budget is None else args.time_budget - (time.perf_counter() - started)
