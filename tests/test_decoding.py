@@ -1,0 +1,95 @@
+"""Every decoding method gives model.generate's greedy tokens and stop flags (float32 on CPU, seconds)."""
+
+import pytest
+import torch
+
+from dialogsum_sft.data import render_prompt
+from dialogsum_sft.decoding import DECODING_METHODS, decode, model_defaults_hidden
+from dialogsum_sft.model import load_tokenizer, stop_token_ids
+from test_generation import tiny_llama
+
+
+DIALOGUES = [
+    "#Person1#: Hi, is this seat taken?\n#Person2#: No, go ahead.",
+    "#Person1#: What time does the train to Boston leave?\n#Person2#: At 6:15 from platform 4, but it is "
+    "often late on Fridays, so take a book.\n#Person1#: Thanks, I will.",
+    "#Person1#: Pass the salt, please.",
+    "#Person1#: Did you finish the report?\n#Person2#: Almost. I need one more hour.",
+    "#Person1#: Happy birthday! How old are you now?\n#Person2#: Thirty, and I feel twenty.",
+]
+MAX_NEW = 10
+
+
+def reference(model, prompts, stop_ids, max_new_tokens):
+    """One prompt at a time through model.generate (no padding, none of the model's own generation defaults), cut
+    at the first stop id."""
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop_ids or None,
+                              pad_token_id=0)
+    results = []
+    for prompt in prompts:
+        with torch.inference_mode(), model_defaults_hidden(model):
+            tokens = model.generate(torch.tensor([prompt]), generation_config=config)[0, len(prompt):].tolist()
+        end = next((i for i, token in enumerate(tokens) if token in stop_ids), None)
+        results.append((tokens[:end], end is not None))
+    return results
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, smollm2_dir):
+    """A tiny random Llama whose greedy tokens vary by prompt and position."""
+    from transformers import AutoModelForCausalLM
+
+    folder = tiny_llama(tmp_path_factory.mktemp("tiny-decoding"), smollm2_dir)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    tokenizer = load_tokenizer(folder)
+    prompts = [tokenizer(render_prompt(tokenizer, d), add_special_tokens=False)["input_ids"] for d in DIALOGUES]
+    free = reference(model, prompts, [], MAX_NEW)
+    # Stop ids that end some continuations early and leave others running to MAX_NEW.
+    stop_ids = [free[0][0][3], free[1][0][6]]
+    expected = reference(model, prompts, stop_ids, MAX_NEW)
+    assert 0 < sum(stopped for _, stopped in expected) < len(expected), expected
+    return model, prompts, stop_ids, expected
+
+
+@pytest.mark.parametrize("method", list(DECODING_METHODS))
+def test_each_method_gives_generates_tokens_and_stop_flags(tiny, method):
+    model, prompts, stop_ids, expected = tiny
+    decoded = decode(model, prompts, stop_ids=stop_ids, pad_id=0, max_new_tokens=MAX_NEW, batch_size=2,
+                     method=method)
+    assert [(d.tokens, d.stopped) for d in decoded] == expected
+    assert all(len(d.tokens) == MAX_NEW for d in decoded if not d.stopped)
+
+
+@pytest.mark.parametrize("method", list(DECODING_METHODS))
+def test_without_stop_ids_every_prompt_runs_to_max_new_tokens(tiny, method):
+    model, prompts, _, _ = tiny
+    decoded = decode(model, prompts[:3], stop_ids=[], pad_id=0, max_new_tokens=7, batch_size=3, method=method)
+    assert [(d.tokens, d.stopped) for d in decoded] == reference(model, prompts[:3], [], 7)
+    assert all(len(d.tokens) == 7 and not d.stopped for d in decoded)
+
+
+def test_real_smollm2_summaries_are_the_same_with_every_method(smollm2_dir):
+    """The real model, whose summaries end on its own stop ids: three short dialogues, every method identical."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+    tokenizer = load_tokenizer(smollm2_dir)
+    stop_ids = stop_token_ids(tokenizer, model.generation_config)
+    prompts = [tokenizer(render_prompt(tokenizer, d), add_special_tokens=False)["input_ids"]
+               for d in DIALOGUES[:3]]
+    expected = reference(model, prompts, stop_ids, 40)
+    assert any(stopped for _, stopped in expected)
+    for method in DECODING_METHODS:
+        decoded = decode(model, prompts, stop_ids=stop_ids, pad_id=tokenizer.pad_token_id, max_new_tokens=40,
+                         batch_size=2, method=method)
+        assert [(d.tokens, d.stopped) for d in decoded] == expected, method
+
+
+def test_unknown_method_and_bad_batch_size_are_refused(tiny):
+    model, prompts, _, _ = tiny
+    with pytest.raises(ValueError, match="unknown decoding method"):
+        decode(model, prompts, stop_ids=[2], pad_id=0, max_new_tokens=3, batch_size=2, method="beam")
+    with pytest.raises(ValueError, match="batch_size"):
+        decode(model, prompts, stop_ids=[2], pad_id=0, max_new_tokens=3, batch_size=0)
