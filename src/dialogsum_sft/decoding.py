@@ -35,6 +35,14 @@ class Decoded:
     stopped: bool
 
 
+def method_and_batch(text: str) -> tuple[str, int]:
+    """`static:128` -> ("static", 128): a decoding run as benchmark scripts name it on their command line."""
+    method, _, batch = text.partition(":")
+    if method not in DECODING_METHODS or not batch.isdigit() or int(batch) < 1:
+        raise ValueError(f"{text!r}: expected METHOD:BATCH, METHOD one of {', '.join(DECODING_METHODS)}")
+    return method, int(batch)
+
+
 def decode(
     model,
     prompts: list[list[int]],
