@@ -18,7 +18,8 @@ python scripts/compare_decoding.py --data "$data" --output "$results/decoding-sm
 echo "SmolLM2 comparison done at $(( $(date +%s) - start )) s"
 
 # Most telling first; the time budget stops what would overrun (the JSON keeps what finished).
-python scripts/benchmark.py --setups --time_budget $(( 290 - ($(date +%s) - start) )) \
+budget=$(( 290 - ($(date +%s) - start) )); [ "$budget" -lt 150 ] && budget=150
+python scripts/benchmark.py --setups --data "$data" --time_budget "$budget" \
   --generation_methods continuous:512 static:256 generate:64 continuous:256 generate:256 \
   --output "$results/decoding-3b.json" >"$results/decoding-3b.log" 2>&1 || tail -n 15 "$results/decoding-3b.log"
 echo "3B shape done at $(( $(date +%s) - start )) s"

@@ -94,13 +94,14 @@ def _batched(model, prompts, stop_ids, pad_id, max_new_tokens, batch_size, stati
     import torch
 
     device = next(model.parameters()).device
-    settings = {}
+    settings, cache = {}, None
     if static:
-        from transformers import CompileConfig
+        from transformers import CompileConfig, StaticCache
 
-        # One cache length for all batches and one row count (see below): the compiled decoding step then sees a
-        # single shape. generate compiles only on accelerators; on CPU this is the static cache alone.
-        settings = dict(cache_implementation="static", max_cache_len=max(map(len, prompts)) + max_new_tokens)
+        # One cache, emptied between batches, of one length (the longest prompt's) and one row count (see below):
+        # the compiled decoding step then sees the same tensors every batch, so it compiles and records its CUDA
+        # graph once. generate compiles only on accelerators; on CPU this is the static cache alone.
+        cache = StaticCache(config=model.config, max_cache_len=max(map(len, prompts)) + max_new_tokens)
         if device.type == "cuda":
             settings["compile_config"] = CompileConfig(fullgraph=False, mode="reduce-overhead")
     config = _greedy_config(stop_ids, pad_id, max_new_tokens, **settings)
@@ -116,7 +117,10 @@ def _batched(model, prompts, stop_ids, pad_id, max_new_tokens, batch_size, stati
             input_ids = torch.tensor([[pad_id] * (longest - len(row)) + row for row in rows], device=device)
             mask = torch.tensor([[0] * (longest - len(row)) + [1] * len(row) for row in rows], device=device)
             with torch.inference_mode():
-                output = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
+                output = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config,
+                                        cache=cache)
+                if cache is not None:
+                    cache.reset()  # in place: the next batch writes into the same tensors
             for index, tokens in zip(indices, output[:, longest:].tolist()):
                 outputs[index] = tokens
             bar.update(len(indices))
