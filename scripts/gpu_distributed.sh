@@ -69,13 +69,13 @@ for config in $configs; do
     "$probes/probe.py" scripts/sft.py recipes/smollm2-135m-gpu.yaml --dataset_name "$data" --report_to none \
     --max_steps 60 --eval_strategy no --save_steps 30 --output_dir "$run" >"$probe/train.log" 2>&1
   echo "$config: train exit $? after $(( $(date +%s) - start )) s"
-  if [ -f "$run/train_results.json" ]; then
+  if [ -f "$run/run_results.json" ]; then
     python scripts/evaluate.py "$run" --dataset "$data" --split validation --no_base --max_samples 100 \
       --batch_size 100 --output_dir "$run/eval" >"$probe/eval.log" 2>&1
     echo "$config: eval exit $? after $(( $(date +%s) - start )) s"
   fi
   for step in train eval; do
-    if [ -f "$probe/$step.log" ] && ! { [ "$step" = train ] && [ -f "$run/train_results.json" ]; } &&
+    if [ -f "$probe/$step.log" ] && ! { [ "$step" = train ] && [ -f "$run/run_results.json" ]; } &&
        ! { [ "$step" = eval ] && [ -f "$run/eval/eval_results.json" ]; }; then
       grep -v -i -E "warn|it/s\]|s/it\]" "$probe/$step.log" | tail -40 >"$results/$config-$step.log.tail"
     fi
@@ -92,10 +92,10 @@ results, probes, configs = sys.argv[1], sys.argv[2], sys.argv[3:]
 rows = {}
 for config in configs:
     run, probe = f"outputs/gpu-distributed-{config}", os.path.join(probes, config)
-    row = rows[config] = {"trained": os.path.isfile(f"{run}/train_results.json")}
+    row = rows[config] = {"trained": os.path.isfile(f"{run}/run_results.json")}
     if not row["trained"]:
         continue
-    metrics = json.load(open(f"{run}/train_results.json"))["metrics"]
+    metrics = json.load(open(f"{run}/run_results.json"))["metrics"]
     row["train_runtime_s"] = metrics["train_runtime"]
     row["tokens_per_s"] = metrics["num_tokens"] / metrics["train_runtime"] if "num_tokens" in metrics else None
     row.update(json.load(open(f"{probe}/memory.json")))

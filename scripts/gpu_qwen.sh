@@ -42,7 +42,7 @@ if $validation; then
       train "outputs/qwen-lr$lr" --learning_rate "$lr" "$@" >"$results/lr$lr-train.log" 2>&1
       evaluate "outputs/qwen-lr$lr" --split validation --max_samples 300 --no_base \
         --output_dir "outputs/qwen-lr$lr/eval-validation" >"outputs/qwen-lr$lr-eval.log" 2>&1
-      cp "outputs/qwen-lr$lr/train_results.json" "$results/lr$lr-train_results.json"
+      cp "outputs/qwen-lr$lr/run_results.json" "$results/lr$lr-train_results.json"
       cp "outputs/qwen-lr$lr/eval-validation/eval_results.json" "$results/lr$lr-validation.json"
     ) &
   done
@@ -60,12 +60,12 @@ run=outputs/qwen2.5-coder-1.5b-gpu  # 8 files come back: the device returns at m
 rm -rf "$run"
 step=$(date +%s)
 train "$run" "$@" >"$results/train.log" 2>&1
-echo "trained in $(( $(date +%s) - step )) s wall (train_runtime $(train_runtime "$run/train_results.json") s)"
+echo "trained in $(( $(date +%s) - step )) s wall (train_runtime $(train_runtime "$run/run_results.json") s)"
 step=$(date +%s)
 evaluate "$run" --split test --output_dir "$run/eval-test" >"$results/eval.log" 2>&1
 echo "zero-shot + fine-tuned test evaluation in $(( $(date +%s) - step )) s"
 grep -E "dialogues in" "$results/eval.log" || true
 echo "total $(( $(date +%s) - start )) s"
 cat "$run/eval-test/eval_results.md"
-cp "$run/train_results.json" "$run/trainer_state.json" "$results/"
+cp "$run/run_results.json" "$run/trainer_state.json" "$results/"
 cp "$run/eval-test/eval_results.json" "$run/eval-test/eval_results.md" "$run/eval-test/predictions.jsonl" "$results/"

