@@ -78,7 +78,7 @@ def main(argv=None):
     ###################
     summaries = summarize(model, adapter.tokenizer, dialogues, batch_size=options.batch_size,
                           max_new_tokens=options.max_new_tokens, stop_ids=adapter.stop_ids,
-                          progress=sys.stderr.isatty())
+                          progress=sys.stderr.isatty(), decoding=options.decoding)
     if rows is not None:
         lines = [json.dumps({**row, "summary": summary}, ensure_ascii=False) for row, summary in zip(rows, summaries)]
     else:

@@ -63,7 +63,8 @@ def generate(label: str, adapter: Adapter, adapter_dir: Path | None, dialogues: 
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     summaries = summarize(model, adapter.tokenizer, dialogues, batch_size=options.batch_size,
-                          max_new_tokens=options.max_new_tokens, stop_ids=adapter.stop_ids)
+                          max_new_tokens=options.max_new_tokens, stop_ids=adapter.stop_ids,
+                          decoding=options.decoding)
     seconds = time.perf_counter() - start
     timing = {"seconds": round(seconds, 2), "dialogues_per_second": round(len(dialogues) / seconds, 3)}
     if torch.cuda.is_available():
@@ -110,7 +111,7 @@ def evaluate(
         "base": {protocol: scores["base"][protocol] for protocol in PROTOCOLS} if "base" in scores else None,
         "generation": {
             "max_new_tokens": options.max_new_tokens, "do_sample": False, "num_beams": 1,
-            "stop_token_ids": adapter.stop_ids, "batch_size": options.batch_size,
+            "stop_token_ids": adapter.stop_ids, "batch_size": options.batch_size, "decoding": options.decoding,
             "dtype": str(tuned.dtype).split(".")[-1], "tuned_weights": tuned.weights,
             "tuned_weights_description": TUNED_WEIGHTS[tuned.weights],
         },
