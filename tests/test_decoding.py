@@ -80,3 +80,21 @@ def test_unknown_method_and_bad_batch_size_are_refused(tiny):
         decode(model, prompts, stop_ids=[2], pad_id=0, max_new_tokens=3, batch_size=2, method="beam")
     with pytest.raises(ValueError, match="batch_size"):
         decode(model, prompts, stop_ids=[2], pad_id=0, max_new_tokens=3, batch_size=0)
+
+
+def test_summarize_gives_the_same_summaries_with_every_decoding_option(tiny, smollm2_dir):
+    import argparse
+
+    from dialogsum_sft.generation import GenerationOptions, add_generation_arguments, summarize
+
+    model, _, stop_ids, _ = tiny
+    tokenizer = load_tokenizer(smollm2_dir)
+    parser = argparse.ArgumentParser()
+    add_generation_arguments(parser, batch_size=2)
+    assert GenerationOptions.from_args(parser.parse_args([])).decoding == "generate"
+    summaries = {}
+    for method in DECODING_METHODS:
+        options = GenerationOptions.from_args(parser.parse_args(["--decoding", method]))
+        summaries[method] = summarize(model, tokenizer, DIALOGUES, batch_size=options.batch_size, max_new_tokens=8,
+                                      stop_ids=stop_ids, progress=False, decoding=options.decoding)
+    assert len(set(map(tuple, summaries.values()))) == 1 and any(summaries["generate"]), summaries
