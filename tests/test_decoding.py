@@ -6,21 +6,13 @@ CPU even three of its summaries take minutes.
 
 import pytest
 import torch
-from test_generation import tiny_llama
+from test_generation import DIALOGUES, tiny_llama
 
 from dialogsum_sft.data import render_prompt
 from dialogsum_sft.decoding import DECODING_METHODS, decode, model_defaults_hidden
 from dialogsum_sft.model import load_tokenizer
 
 
-DIALOGUES = [
-    "#Person1#: Hi, is this seat taken?\n#Person2#: No, go ahead.",
-    "#Person1#: What time does the train to Boston leave?\n#Person2#: At 6:15 from platform 4, but it is "
-    "often late on Fridays, so take a book.\n#Person1#: Thanks, I will.",
-    "#Person1#: Pass the salt, please.",
-    "#Person1#: Did you finish the report?\n#Person2#: Almost. I need one more hour.",
-    "#Person1#: Happy birthday! How old are you now?\n#Person2#: Thirty, and I feel twenty.",
-]
 MAX_NEW = 10
 
 
