@@ -130,16 +130,18 @@ def _batched(model, prompts, stop_ids, pad_id, max_new_tokens, batch_size, stati
 def _continuous(model, prompts, stop_ids, max_new_tokens, batch_size, progress) -> list[list[int]]:
     import torch
     from transformers import ContinuousBatchingConfig
+    from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available
 
     # eos -1: no stop id (generate_batch would otherwise fall back to the model config's eos).
     config = _greedy_config(stop_ids, pad_id=0, max_new_tokens=max_new_tokens)
     config.eos_token_id = list(stop_ids) or -1
-    # A paged cache just large enough for `batch_size` sequences of the longest length: left to itself it takes
-    # 90% of the free memory (on CPU a minute to allocate; during training, memory the trainer needs).
+    # A paged cache just large enough for the `batch_size` longest sequences at once: left to itself it takes 90%
+    # of the free memory (on CPU a minute to allocate; during training, memory the trainer needs).
     page_size = ContinuousBatchingConfig.page_size
-    pages = -(-(max(map(len, prompts)) + max_new_tokens) // page_size)
-    batching = ContinuousBatchingConfig(max_requests_per_batch=batch_size,
-                                        num_blocks=pages * min(batch_size, len(prompts)))
+    pages = sorted((-(-(len(prompt) + max_new_tokens) // page_size) for prompt in prompts), reverse=True)
+    # Switch to FlashAttention only where it is installed: its fallback fetches kernels from the Hub.
+    batching = ContinuousBatchingConfig(max_requests_per_batch=batch_size, num_blocks=sum(pages[:batch_size]),
+                                        auto_switch_to_flash=is_flash_attn_2_available() or is_flash_attn_3_available())
     with torch.inference_mode():
         results = model.generate_batch(inputs=[list(prompt) for prompt in prompts], generation_config=config,
                                        continuous_batching_config=batching, progress_bar=progress)
