@@ -6,7 +6,7 @@ lengths, and reports real (non-padding) tokens per second after warm-up and the 
 
     python scripts/benchmark.py --output results/benchmark.json                 # every set-up
     python scripts/benchmark.py --setups seed ours-fast --steps 20 --output x.json
-    python scripts/benchmark.py --setups --generation_methods generate:64 static:256 continuous:512 \
+    python scripts/benchmark.py --setups --generation_methods dynamic:64 static:256 continuous:512 \
         --output gen.json                                                       # generation speed only
 """
 
@@ -77,6 +77,10 @@ SETUPS = {
                                       {**FAST, "fused": True, "liger": True, "compile": True}),
     "lean-fused-liger-b32": ("lean: padding-free 32, gradient checkpointing, fused + Liger, lora_dropout 0",
                              {**FAST, "batch": 32, "checkpointing": True, "fused": True, "liger": True}),
+    "lean-fused-liger-b40": ("lean: padding-free 40, gradient checkpointing, fused + Liger, lora_dropout 0",
+                             {**FAST, "batch": 40, "checkpointing": True, "fused": True, "liger": True}),
+    "lean-fused-liger-b48": ("lean: padding-free 48, gradient checkpointing, fused + Liger, lora_dropout 0",
+                             {**FAST, "batch": 48, "checkpointing": True, "fused": True, "liger": True}),
     "lean-fused-liger-b64": ("lean: padding-free 64, gradient checkpointing, fused + Liger, lora_dropout 0",
                              {**FAST, "checkpointing": True, "fused": True, "liger": True}),
     "lean-fused-liger-offload-b16": ("lean: padding-free 16, TRL's activation_offloading instead of "
@@ -289,7 +293,7 @@ def main(argv=None):
     parser.add_argument("--model_dir", default="/tmp/llama-3.2-3b-random")
     parser.add_argument("--generation_dialogues", type=int, default=512,
                         help="dialogues for the generation-speed measurement (0: skip it)")
-    parser.add_argument("--generation_methods", nargs="+", default=[("generate", 64)], type=method_and_batch,
+    parser.add_argument("--generation_methods", nargs="+", default=[("dynamic", 64)], type=method_and_batch,
                         help="METHOD:BATCH runs of the generation speed (methods: %s; batch: rows per generate "
                         "call, or for continuous the most sequences decoded together), each method in its own "
                         "process" % ", ".join(DECODING_METHODS))

@@ -2,11 +2,11 @@
 """Time each decoding method (dialogsum_sft.decoding) on real weights and compare its summaries with the first run's.
 
 Zero-shot summaries of the unique test dialogues, generated and decoded to text as scripts/evaluate.py does. Each
-run is `method:batch`; the first is the reference (today's path: generate:64). Every run goes twice over the
+run is `method:batch`; the first is the reference (today's path: dynamic:64). Every run goes twice over the
 dialogues: the first pass includes the warm-up (torch.compile, CUDA graphs), the second is the steady speed.
 
     python scripts/compare_decoding.py --model .cache/SmolLM2-135M-Instruct --data $DIALOGSUM_DIR \\
-        --runs generate:64 generate:512 static:128 continuous:512 --output decoding.json
+        --runs dynamic:64 dynamic:512 static:128 continuous:512 --output decoding.json
 """
 
 import argparse
@@ -22,7 +22,7 @@ def main(argv=None):
     parser.add_argument("--model", default=".cache/SmolLM2-135M-Instruct")
     parser.add_argument("--data", required=True, help="DialogSum directory or Hub id")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--runs", nargs="+", type=method_and_batch, default=[("generate", 64), ("static", 128), ("continuous", 512)],
+    parser.add_argument("--runs", nargs="+", type=method_and_batch, default=[("dynamic", 64), ("static", 128), ("continuous", 512)],
                         help="METHOD:BATCH runs; the first is the reference")
     parser.add_argument("--max_new_tokens", type=int, default=128)
     parser.add_argument("--max_samples", type=int, help="only the first N unique dialogues")

@@ -13,14 +13,14 @@ start=$(date +%s)
 python scripts/prepare_embedded_model.py >"$results/prepare.log" 2>&1 || { tail -n 5 "$results/prepare.log"; exit 1; }
 
 timeout 220 python scripts/compare_decoding.py --data "$data" --output "$results/decoding-smollm2.json" \
-  --runs generate:64 continuous:512 static:128 generate:512 >"$results/decoding-smollm2.log" 2>&1 \
+  --runs dynamic:64 continuous:512 static:128 dynamic:512 >"$results/decoding-smollm2.log" 2>&1 \
   || tail -n 15 "$results/decoding-smollm2.log"
 echo "SmolLM2 comparison done at $(( $(date +%s) - start )) s"
 
 # Most telling first; the time budget stops what would overrun (the JSON keeps what finished).
 budget=$(( 300 - ($(date +%s) - start) )); [ "$budget" -lt 180 ] && budget=180
 python scripts/benchmark.py --setups --data "$data" --time_budget "$budget" \
-  --generation_methods continuous:512 static:256 generate:64 generate:256 continuous:256 \
+  --generation_methods continuous:512 static:256 dynamic:64 dynamic:256 continuous:256 \
   --output "$results/decoding-3b.json" >"$results/decoding-3b.log" 2>&1 || tail -n 15 "$results/decoding-3b.log"
 echo "3B shape done at $(( $(date +%s) - start )) s"
 
@@ -39,5 +39,5 @@ for row in rows:
         print(f"{row['setup']:28} {row['dialogues_per_second']:>7} {row['dialogues_per_second_first_pass']:>9} "
               f"{row['warmup_seconds']:>9} {row['peak_allocated_gib']:>8}")
 PY
-echo "SmolLM2, 500 test dialogues (same: summaries identical to generate:64; dR: ROUGE minus generate:64's)"
+echo "SmolLM2, 500 test dialogues (same: summaries identical to dynamic:64; dR: ROUGE minus dynamic:64's)"
 tail -n 5 "$results/decoding-smollm2.log"

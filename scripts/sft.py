@@ -26,7 +26,9 @@ from dialogsum_sft.data import format_report, load_dialogsum, prepare_for_traini
 from dialogsum_sft.errors import UnreachableError, check_model_source, explain_load_error, run_cli
 from dialogsum_sft.logs import setup_logging
 from dialogsum_sft.model import load_tokenizer
+from dialogsum_sft.speakers import name_speakers_in_rows
 from dialogsum_sft.trainer import QLoRASFTTrainer
+from dialogsum_sft.training_rouge import TrainingRouge
 
 
 logger = logging.getLogger("sft")
@@ -70,7 +72,13 @@ def main(argv=None):
     limits = {script_args.dataset_train_split: script_args.max_train_samples,
               script_args.dataset_test_split: script_args.max_eval_samples}
     reports = {}
+    rouge_rows = None  # the eval split as loaded, for ROUGE while training (prepare_for_training converts it)
     if dataset is not None and tokenizer is not None:
+        if training_args.rouge_eval_samples:
+            rouge_rows = dataset[script_args.dataset_test_split]
+        train_split = script_args.dataset_train_split
+        dataset[train_split] = name_speakers_in_rows(dataset[train_split], script_args.named_speakers_fraction,
+                                                     training_args.seed)
         reports = prepare_for_training(dataset, tokenizer, limits, training_args.max_length)
 
     if script_args.dry_run:
@@ -99,6 +107,8 @@ def main(argv=None):
         )
     except Exception as err:
         raise explain_load_error(err, model_args.model_name_or_path) from err
+    if rouge_rows is not None:
+        trainer.training_rouge = TrainingRouge.for_trainer(trainer, rouge_rows)
 
     ###################
     # 4. Train, resuming from the last complete checkpoint of an interrupted run

@@ -6,11 +6,12 @@ CPU even three of its summaries take minutes.
 
 import pytest
 import torch
-from test_generation import DIALOGUES, tiny_llama
+from test_generation import DIALOGUES
 
 from dialogsum_sft.data import render_prompt
 from dialogsum_sft.decoding import DECODING_METHODS, decode, model_defaults_hidden
 from dialogsum_sft.model import load_tokenizer
+from helpers import tiny_llama
 
 
 MAX_NEW = 10
@@ -68,7 +69,7 @@ def test_without_stop_ids_every_prompt_runs_to_max_new_tokens(tiny, method):
 
 def test_unknown_method_and_bad_batch_size_are_refused(tiny):
     model, prompts, _, _ = tiny
-    with pytest.raises(ValueError, match="unknown decoding method"):
+    with pytest.raises(ValueError, match="decoding must be one of"):
         decode(model, prompts, stop_ids=[2], pad_id=0, max_new_tokens=3, batch_size=2, method="beam")
     with pytest.raises(ValueError, match="batch_size"):
         decode(model, prompts, stop_ids=[2], pad_id=0, max_new_tokens=3, batch_size=0)
@@ -83,10 +84,10 @@ def test_summarize_gives_the_same_summaries_with_every_decoding_option(tiny, smo
     tokenizer = load_tokenizer(smollm2_dir)
     parser = argparse.ArgumentParser()
     add_generation_arguments(parser, batch_size=2)
-    assert GenerationOptions.from_args(parser.parse_args([])).decoding == "generate"
+    assert GenerationOptions.from_args(parser.parse_args([])).decoding == "dynamic"
     summaries = {}
     for method in DECODING_METHODS:
         options = GenerationOptions.from_args(parser.parse_args(["--decoding", method]))
         summaries[method] = summarize(model, tokenizer, DIALOGUES, batch_size=options.batch_size, max_new_tokens=8,
                                       stop_ids=stop_ids, progress=False, decoding=options.decoding)
-    assert len(set(map(tuple, summaries.values()))) == 1 and any(summaries["generate"]), summaries
+    assert len(set(map(tuple, summaries.values()))) == 1 and any(summaries["dynamic"]), summaries

@@ -1,9 +1,9 @@
 """Greedy decoding of many prompts at once, by one of three methods with the same outputs.
 
-- `generate`: `model.generate` on left-padded batches, longest prompts first, dynamic KV cache, eager forward.
+- `dynamic`: `model.generate` on left-padded batches, longest prompts first, dynamic KV cache, eager forward.
 - `static`: the same batches through `model.generate` with a static KV cache sized once for the longest prompt and
   the decoding step `torch.compile`d (CUDA graphs); every batch is padded to the same row count, so the step
-  compiles once. Compilation only happens on GPUs; elsewhere this is `generate` with a static cache.
+  compiles once. Compilation only happens on GPUs; elsewhere this is `dynamic` with a static cache.
 - `continuous`: transformers' continuous batching (`model.generate_batch`): a paged KV cache, prompts packed without
   padding, and each sequence leaves the batch when it stops, so the next prompt takes its place.
 
@@ -20,8 +20,9 @@ from tqdm.auto import tqdm
 
 
 DECODING_METHODS = {
-    "generate": "model.generate on left-padded batches, dynamic KV cache, eager forward",
-    "static": "model.generate with a static KV cache and the decoding step torch.compiled (on GPUs)",
+    "dynamic": "model.generate on left-padded batches, longest prompts first, a KV cache that grows each step",
+    "static": "model.generate on the same batches with one static KV cache sized for the longest prompt and the "
+              "decoding step torch.compiled with CUDA graphs (on GPUs)",
     "continuous": "transformers' continuous batching: paged KV cache, no padding, finished sequences leave the batch",
 }
 
@@ -51,17 +52,17 @@ def decode(
     pad_id: int,
     max_new_tokens: int,
     batch_size: int,
-    method: str = "generate",
+    method: str = "dynamic",
     progress: bool = False,
 ) -> list[Decoded]:
     """Greedy continuations of `prompts` (token ids, special tokens included), in input order.
 
     Empty `stop_ids` never stop (benchmarks on random weights use that to run every prompt to `max_new_tokens`).
-    `batch_size` is the rows per `generate` call for `generate`/`static`, and the most sequences decoded together
+    `batch_size` is the rows per `generate` call for `dynamic`/`static`, and the most sequences decoded together
     for `continuous`.
     """
     if method not in DECODING_METHODS:
-        raise ValueError(f"unknown decoding method {method!r}; choose from {', '.join(DECODING_METHODS)}")
+        raise ValueError(f"decoding must be one of {', '.join(DECODING_METHODS)}; got {method!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1; got {batch_size}")
     if not prompts:

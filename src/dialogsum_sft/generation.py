@@ -28,7 +28,6 @@ TUNED_WEIGHTS = {
     "merged": "original base weights, adapter merged",
 }
 DTYPES = ("auto", "bfloat16", "float16", "float32")
-DEFAULT_DECODING = "generate"  # today's path until the GPU comparison (scripts/gpu_decoding.sh) picks a faster one
 
 
 @dataclass(frozen=True)
@@ -39,7 +38,7 @@ class GenerationOptions:
     max_new_tokens: int = 128
     dtype: str = "auto"  # a DTYPES name; auto: bfloat16 on GPU, float32 on CPU
     weights: str = "auto"  # a TUNED_WEIGHTS key; auto: nf4-merged for adapters trained on a 4-bit base
-    decoding: str = DEFAULT_DECODING  # a decoding.DECODING_METHODS key
+    decoding: str = "dynamic"  # a DECODINGS key
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> GenerationOptions:
@@ -57,9 +56,9 @@ def add_generation_arguments(parser: argparse.ArgumentParser, *, batch_size: int
     parser.add_argument("--weights", default="auto", choices=("auto", *TUNED_WEIGHTS),
                         help="fine-tuned weights: " + "; ".join(f"{k}: {v}" for k, v in TUNED_WEIGHTS.items())
                         + " (auto: nf4-merged for adapters trained on a 4-bit base)")
-    parser.add_argument("--decoding", default=DEFAULT_DECODING, choices=list(DECODING_METHODS),
-                        help="how the greedy summaries are decoded (same summaries, different speed): "
-                        + "; ".join(f"{k}: {v}" for k, v in DECODING_METHODS.items()))
+    parser.add_argument("--decoding", default="dynamic", choices=tuple(DECODINGS),
+                        help="how summaries are decoded, all greedy: "
+                        + "; ".join(f"{k}: {v}" for k, v in DECODINGS.items()))
 
 
 @dataclass(frozen=True)
@@ -159,7 +158,22 @@ def load_for_generation(
     return model.eval()
 
 
-def summarize(
+@dataclass(frozen=True)
+class Summary:
+    text: str
+    stopped: bool  # False: generation ran to max_new_tokens without a stop id (the summary may be cut off)
+
+
+# How summaries are decoded (decoding.py). All are greedy; tests/test_decoding.py checks they give the same tokens.
+DECODINGS = DECODING_METHODS
+
+
+def summarize(model, tokenizer, dialogues: list[str], **options) -> list[str]:
+    """One greedy summary per dialogue, in input order (`generate_summaries` without the stop flags)."""
+    return [summary.text for summary in generate_summaries(model, tokenizer, dialogues, **options)]
+
+
+def generate_summaries(
     model,
     tokenizer,
     dialogues: list[str],
@@ -168,15 +182,15 @@ def summarize(
     max_new_tokens: int = 128,
     stop_ids: list[int],
     progress: bool = True,
-    decoding: str = DEFAULT_DECODING,
-) -> list[str]:
-    """One greedy summary per dialogue, in input order, prompted exactly as in training, decoded by one of
-    `decoding.DECODING_METHODS` (each gives the same greedy summaries; they differ in speed)."""
+    decoding: str = "dynamic",
+) -> list[Summary]:
+    """One greedy summary per dialogue, in input order, prompted exactly as in training, with whether it stopped."""
     if not stop_ids:
         raise ValueError("stop_ids is empty: generation would only stop at max_new_tokens")
+    prompts = [render_prompt(tokenizer, dialogue) for dialogue in dialogues]
     # The chat template already writes any BOS token; adding special tokens again would double it.
-    prompts = tokenizer([render_prompt(tokenizer, d) for d in dialogues], add_special_tokens=False)["input_ids"]
+    encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
-    decoded = decode(model, prompts, stop_ids=stop_ids, pad_id=pad_id, max_new_tokens=max_new_tokens,
+    decoded = decode(model, encoded, stop_ids=stop_ids, pad_id=pad_id, max_new_tokens=max_new_tokens,
                      batch_size=batch_size, method=decoding, progress=progress)
-    return [tokenizer.decode(d.tokens, skip_special_tokens=True).strip() for d in decoded]
+    return [Summary(tokenizer.decode(d.tokens, skip_special_tokens=True).strip(), d.stopped) for d in decoded]
