@@ -13,13 +13,11 @@ Precision: the adapter was trained on a 4-bit (NF4) base. Three ways to load it 
 from __future__ import annotations
 
 import argparse
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from .data import render_prompt
+from .decoding import DECODING_METHODS, decode
 from .errors import ModelError, UserError, explain_load_error
 
 
@@ -166,14 +164,8 @@ class Summary:
     stopped: bool  # False: generation ran to max_new_tokens without a stop id (the summary may be cut off)
 
 
-# How `generate_tokens` decodes. All are greedy; tests/test_generation.py checks they give the same summaries.
-DECODINGS = {
-    "dynamic": "generate() on left-padded batches, longest prompts first, a KV cache that grows each step",
-    "static": "generate() on the same batches with a static KV cache sized once for the longest prompt: fixed "
-              "shapes, which transformers compiles with torch.compile on CUDA",
-    "continuous": "transformers' continuous batching (generate_batch): a paged KV cache, no padding, and a "
-                  "finished summary's slot goes to the next prompt at once",
-}
+# How summaries are decoded (decoding.py). All are greedy; tests/test_decoding.py checks they give the same tokens.
+DECODINGS = DECODING_METHODS
 
 
 def summarize(model, tokenizer, dialogues: list[str], **options) -> list[str]:
@@ -193,117 +185,12 @@ def generate_summaries(
     decoding: str = "dynamic",
 ) -> list[Summary]:
     """One greedy summary per dialogue, in input order, prompted exactly as in training, with whether it stopped."""
+    if not stop_ids:
+        raise ValueError("stop_ids is empty: generation would only stop at max_new_tokens")
     prompts = [render_prompt(tokenizer, dialogue) for dialogue in dialogues]
     # The chat template already writes any BOS token; adding special tokens again would double it.
     encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop_ids or [None])[0]
-    generated = generate_tokens(model, encoded, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                stop_ids=stop_ids, pad_id=pad_id, progress=progress, decoding=decoding)
-    return [Summary(tokenizer.decode(tokens, skip_special_tokens=True).strip(), stopped)
-            for tokens, stopped in generated]
-
-
-def generate_tokens(
-    model,
-    encoded: list[list[int]],
-    *,
-    batch_size: int,
-    max_new_tokens: int,
-    stop_ids: list[int],
-    pad_id: int,
-    progress: bool = True,
-    decoding: str = "dynamic",
-) -> list[tuple[list[int], bool]]:
-    """Per prompt (token ids), its greedy continuation cut before the first stop id, and whether it had one.
-
-    `dynamic` and `static` generate prompts longest first, so the batch that needs the most memory runs first (an
-    out-of-memory error comes at once, not after an hour) and each batch holds prompts of similar length (little
-    padding). Padding is on the left, so every prompt ends where generation starts. `batch_size` is the
-    prompts generated together; `continuous` schedules them itself and ignores it.
-    """
-    from transformers import GenerationConfig
-
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1; got {batch_size}")
-    if not stop_ids:
-        raise ValueError("stop_ids is empty: generation would only stop at max_new_tokens")
-    if decoding not in DECODINGS:
-        raise ValueError(f"decoding must be one of {', '.join(DECODINGS)}; got {decoding!r}")
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=list(stop_ids), pad_token_id=pad_id
-    )
-    with tqdm(total=len(encoded), desc="summarizing", unit="dialogue", disable=not progress) as bar:
-        if decoding == "continuous":
-            outputs = _continuous(model, encoded, config, bar)
-        else:
-            if decoding == "static":
-                config.cache_implementation = "static"
-                config.max_cache_len = max(map(len, encoded)) + max_new_tokens  # one size: one compiled graph
-            outputs = _batched(model, encoded, config, batch_size, bar)
-    stops = set(stop_ids)
-    cut = []
-    for tokens in outputs:
-        # Cut at the first stop id: what follows is padding, which need not be a special token.
-        end = next((position for position, token in enumerate(tokens) if token in stops), None)
-        cut.append((tokens, False) if end is None else (tokens[:end], True))
-    return cut
-
-
-def _batched(model, encoded: list[list[int]], config, batch_size: int, bar) -> list[list[int]]:
-    import torch
-
-    order = sorted(range(len(encoded)), key=lambda index: -len(encoded[index]))
-    device = next(model.parameters()).device
-    outputs: list[list[int]] = [[] for _ in encoded]
-    for start in range(0, len(order), batch_size):
-        indices = order[start:start + batch_size]
-        longest = max(len(encoded[index]) for index in indices)
-        input_ids = torch.full((len(indices), longest), config.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(indices), longest), dtype=torch.long)
-        for row, index in enumerate(indices):
-            input_ids[row, longest - len(encoded[index]):] = torch.tensor(encoded[index])
-            attention_mask[row, longest - len(encoded[index]):] = 1
-        with torch.inference_mode(), _without_model_defaults(model):
-            output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                                    generation_config=config)
-        for index, tokens in zip(indices, output[:, longest:].tolist()):
-            outputs[index] = tokens
-        bar.update(len(indices))
-    return outputs
-
-
-def _continuous(model, encoded: list[list[int]], config, bar) -> list[list[int]]:
-    import torch
-    from transformers.generation.configuration_utils import ContinuousBatchingConfig
-
-    options = {}
-    if next(model.parameters()).device.type != "cuda":
-        # transformers sizes the paged cache from free GPU memory; elsewhere it would take most of the RAM. Here it
-        # gets what the prompts need, and no warm-up, which only captures CUDA graphs.
-        page = ContinuousBatchingConfig.page_size
-        blocks = sum(-(-(len(prompt) + config.max_new_tokens) // page) for prompt in encoded)
-        sizes = ContinuousBatchingConfig(num_blocks=blocks, max_batch_tokens=2048)
-        options = dict(warmup=False, continuous_batching_config=sizes)
-    with torch.inference_mode(), _without_model_defaults(model):
-        results = model.generate_batch(encoded, generation_config=config, **options)
-    # Results come keyed by request, in the order they finished; a prompt's tokens identify it (identical prompts
-    # have identical greedy continuations).
-    by_prompt = {tuple(result.prompt_ids): list(result.generated_tokens) for result in results.values()}
-    bar.update(len(encoded))
-    return [by_prompt[tuple(prompt)] for prompt in encoded]
-
-
-@contextmanager
-def _without_model_defaults(model):
-    """Hide the model's generation_config: transformers fills every field our config leaves unset from it, and Hub
-    models ship sampling settings and penalties (Qwen2.5: repetition_penalty 1.05) that would change the summaries.
-    """
-    from transformers import GenerationConfig
-
-    target = model.get_base_model() if hasattr(model, "get_base_model") else model
-    saved = target.generation_config
-    target.generation_config = GenerationConfig()
-    try:
-        yield
-    finally:
-        target.generation_config = saved
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    decoded = decode(model, encoded, stop_ids=stop_ids, pad_id=pad_id, max_new_tokens=max_new_tokens,
+                     batch_size=batch_size, method=decoding, progress=progress)
+    return [Summary(tokenizer.decode(d.tokens, skip_special_tokens=True).strip(), d.stopped) for d in decoded]
