@@ -74,6 +74,10 @@ SETUPS = {
                                       {**FAST, "fused": True, "liger": True, "compile": True}),
     "lean-fused-liger-b32": ("lean: padding-free 32, gradient checkpointing, fused + Liger, lora_dropout 0",
                              {**FAST, "batch": 32, "checkpointing": True, "fused": True, "liger": True}),
+    "lean-fused-liger-b40": ("lean: padding-free 40, gradient checkpointing, fused + Liger, lora_dropout 0",
+                             {**FAST, "batch": 40, "checkpointing": True, "fused": True, "liger": True}),
+    "lean-fused-liger-b48": ("lean: padding-free 48, gradient checkpointing, fused + Liger, lora_dropout 0",
+                             {**FAST, "batch": 48, "checkpointing": True, "fused": True, "liger": True}),
     "lean-fused-liger-b64": ("lean: padding-free 64, gradient checkpointing, fused + Liger, lora_dropout 0",
                              {**FAST, "checkpointing": True, "fused": True, "liger": True}),
     "lean-fused-liger-offload-b16": ("lean: padding-free 16, TRL's activation_offloading instead of "
