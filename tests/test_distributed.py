@@ -379,7 +379,9 @@ def test_shipped_recipe_passes_every_engine(monkeypatch, env):
     (ZERO3_ENV, ["--bnb_4bit_quant_storage", "uint8"], "DeepSpeed ZeRO-3 shards 4-bit weights only"),
     ({**FSDP_ENV, "FSDP_VERSION": "2"}, [], "FSDP2 (fsdp_version: 2) mis-decodes"),
     ({**FSDP_ENV, "FSDP_STATE_DICT_TYPE": "SHARDED_STATE_DICT"}, [], "only for FULL_STATE_DICT"),
-], ids=["fsdp-uint8", "zero3-uint8", "fsdp2-4bit", "fsdp-sharded-save"])
+    (FSDP_ENV, ["--fused_lora", "true", "--lora_dropout", "0"], "which FSDP shards: pass --fused_lora false"),
+    (ZERO3_ENV, ["--fused_lora", "true", "--lora_dropout", "0"], "which ZeRO-3 shards: pass --fused_lora false"),
+], ids=["fsdp-uint8", "zero3-uint8", "fsdp2-4bit", "fsdp-sharded-save", "fsdp-fused", "zero3-fused"])
 def test_bad_engine_combinations_fail_in_the_recipe_check(monkeypatch, env, argv, words):
     with pytest.raises(RecipeError, match=re.escape(words)):
         parse_under(monkeypatch, env, *argv)

@@ -80,4 +80,4 @@ def test_training_logs_rouge_at_every_evaluation_and_keeps_the_best_checkpoint_b
     # The final evaluation ran on the checkpoint kept by ROUGE, not on the last weights.
     assert evals[2]["eval_loss"] == pytest.approx(best["eval_loss"], abs=1e-4)
     assert evals[2]["eval_loss"] != pytest.approx(evals[1]["eval_loss"], abs=1e-4)
-    assert "eval_rouge2" in json.loads((out / "train_results.json").read_text())["metrics"]
+    assert "eval_rouge2" in json.loads((out / "run_results.json").read_text())["metrics"]
