@@ -5,19 +5,19 @@
     python scripts/sft.py recipes/smollm2-135m.yaml --dry_run
 """
 
+import contextlib
 import json
 import logging
 import os
 import sys
 
 import yaml
-from trl import get_peft_config, get_quantization_config
 
 from dialogsum_sft import artifacts
 from dialogsum_sft.attention import register_varlen_attention
 from dialogsum_sft.configs import parse_recipe
 from dialogsum_sft.data import fit_to_max_length, format_report, load_dialogsum, to_prompt_completion
-from dialogsum_sft.errors import UnreachableError, run_cli
+from dialogsum_sft.errors import Interrupted, UnreachableError, run_cli, signal_name
 from dialogsum_sft.model import (
     base_model_hub_id,
     check_attention_for_packing,
@@ -42,7 +42,13 @@ def main(argv=None):
         # pushes, so the token only authenticates downloads: hand it to huggingface_hub through the environment.
         os.environ["HF_TOKEN"] = training_args.hub_token
         training_args.hub_token = None
+    # One run per output dir; rank 0 holds it for the whole job (the launcher ends the other ranks if it refuses).
+    writes = not script_args.dry_run and training_args.process_index == 0
+    with artifacts.hold_output_dir(training_args.output_dir) if writes else contextlib.nullcontext():
+        train(script_args, training_args, model_args, recipe)
 
+
+def train(script_args, training_args, model_args, recipe):
     ###################
     # 1. Checks that need no weights
     ###################
@@ -51,7 +57,6 @@ def main(argv=None):
     check_attention_for_packing(training_args, model_args)
     if not script_args.dry_run:
         check_gpu(script_args.require_gpu)
-        artifacts.check_output_dir(training_args.output_dir)
     notes = []
 
     ###################
@@ -92,6 +97,8 @@ def main(argv=None):
     ###################
     # 3. Model and trainer (TRL loads the 4-bit base and wraps it with LoRA)
     ###################
+    from trl import get_peft_config, get_quantization_config
+
     register_varlen_attention()  # `attn_implementation: sdpa_varlen` in a recipe
     if training_args.padding_free and not training_args.packing:
         # Step 2 already dropped every example longer than max_length; TRL refuses a max_length it cannot enforce
@@ -126,7 +133,15 @@ def main(argv=None):
     checkpoint = training_args.resume_from_checkpoint or artifacts.last_complete_checkpoint(training_args.output_dir)
     if checkpoint:
         logger.info(f"resuming from {checkpoint}")
-    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    try:
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    except KeyboardInterrupt as interrupt:
+        last = artifacts.last_complete_checkpoint(training_args.output_dir)
+        resume = f"rerun the same command to resume from {last}" if last else (
+            "no checkpoint was complete yet, so a rerun of the same command starts over")
+        raise Interrupted(f"training interrupted by {signal_name(interrupt)} at step {trainer.state.global_step}: "
+                          f"{resume}", interrupt) from None
+    artifacts.check_trained(trainer.state)
     metrics = {**train_result.metrics, "train_samples": len(dataset[script_args.dataset_train_split])}
     if trainer.eval_dataset is not None:
         metrics.update(trainer.evaluate())

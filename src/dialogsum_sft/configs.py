@@ -204,6 +204,42 @@ def validate(script_args: ScriptArguments, training_args: SFTConfig, model_args:
         value = getattr(script_args, name)
         if value is not None and value < 1:
             raise RecipeError(f"{name} must be at least 1; got {value}")
+    check_values(training_args, model_args)
+
+
+# The system prompt, instruction and chat template alone take 60-90 tokens: a shorter max_length drops every row.
+MIN_MAX_LENGTH = 64
+# Values TRL and the Trainer reject only once the model has loaded (or accept, and train nothing or nonsense).
+AT_LEAST = {
+    "per_device_train_batch_size": 1, "per_device_eval_batch_size": 1, "gradient_accumulation_steps": 1,
+    "lora_r": 1, "max_length": MIN_MAX_LENGTH, "warmup_steps": 0, "weight_decay": 0, "max_grad_norm": 0,
+    "dataloader_num_workers": 0, "save_total_limit": 1,
+}
+ABOVE_ZERO = ("learning_rate", "lora_alpha")
+
+
+def check_values(training_args: SFTConfig, model_args: ModelConfig) -> None:
+    def value_of(name):
+        owner = training_args if hasattr(training_args, name) else model_args
+        return getattr(owner, name)
+
+    for name, minimum in AT_LEAST.items():
+        value = value_of(name)
+        if value is not None and value < minimum:
+            raise RecipeError(f"{name} must be at least {minimum}; got {value}")
+    for name in ABOVE_ZERO:
+        if value_of(name) <= 0:
+            raise RecipeError(f"{name} must be above 0; got {value_of(name)}")
+    if not 0 <= model_args.lora_dropout < 1:
+        raise RecipeError(f"lora_dropout must be in [0, 1); got {model_args.lora_dropout}")
+    if training_args.max_steps <= 0 and training_args.num_train_epochs <= 0:
+        raise RecipeError(f"num_train_epochs must be above 0 when max_steps is not set; got "
+                          f"{training_args.num_train_epochs}: the run would make no optimizer step")
+    for name, strategy in (("save_steps", "save_strategy"), ("eval_steps", "eval_strategy"),
+                           ("logging_steps", "logging_strategy")):
+        value = getattr(training_args, name)
+        if getattr(training_args, strategy) == "steps" and value is not None and value <= 0:
+            raise RecipeError(f"{name} must be above 0 with {strategy}: steps; got {value}")
 
 
 def resolved_recipe(keys: list[str], *configs) -> dict[str, Any]:
