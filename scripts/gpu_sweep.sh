@@ -16,7 +16,7 @@ for variant in "$@"; do
     run=outputs/sweep-$name
     python scripts/sft.py recipes/smollm2-135m-gpu.yaml --dataset_name "$data" --report_to none --output_dir "$run" \
       "${overrides[@]}" >"$results/$name-train.log" 2>&1
-    cp "$run/train_results.json" "$results/$name-train_results.json"
+    cp "$run/run_results.json" "$results/$name-run_results.json"
     for weights in nf4-merged merged; do
       python scripts/evaluate.py "$run" --dataset "$data" --split validation --no_base --batch_size 128 \
         --weights "$weights" --output_dir "$run/eval-$weights" >"$results/$name-eval-$weights.log" 2>&1

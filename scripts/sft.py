@@ -15,19 +15,24 @@ import yaml
 
 from dialogsum_sft import artifacts
 from dialogsum_sft.attention import register_varlen_attention
-from dialogsum_sft.configs import parse_recipe
-from dialogsum_sft.data import fit_to_max_length, format_report, load_dialogsum, to_prompt_completion
-from dialogsum_sft.errors import Interrupted, UnreachableError, run_cli, signal_name
-from dialogsum_sft.model import (
+from dialogsum_sft.configs import (
     base_model_hub_id,
     check_attention_for_packing,
     check_gpu,
+    parse_recipe,
+    prepare_trainer_args,
+)
+from dialogsum_sft.data import format_report, load_dialogsum, prepare_for_training
+from dialogsum_sft.errors import (
+    Interrupted,
+    UnreachableError,
     check_model_source,
     explain_load_error,
-    load_tokenizer,
-    stop_token_ids,
+    run_cli,
+    signal_name,
 )
-from dialogsum_sft.runinfo import run_info
+from dialogsum_sft.logs import setup_logging
+from dialogsum_sft.model import load_tokenizer
 from dialogsum_sft.trainer import QLoRASFTTrainer
 
 
@@ -36,7 +41,7 @@ logger = logging.getLogger("sft")
 
 def main(argv=None):
     script_args, training_args, model_args, recipe = parse_recipe(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    setup_logging(training_args)
     if training_args.hub_token:
         # The Trainer pickles its arguments into training_args.bin (output dir and every checkpoint). Training never
         # pushes, so the token only authenticates downloads: hand it to huggingface_hub through the environment.
@@ -78,12 +83,7 @@ def train(script_args, training_args, model_args, recipe):
               script_args.dataset_test_split: script_args.max_eval_samples}
     reports = {}
     if dataset is not None and tokenizer is not None:
-        for split in splits:
-            rows = dataset[split]
-            if limits[split] is not None:
-                rows = rows.select(range(min(limits[split], len(rows))))
-            rows, reports[split] = fit_to_max_length(rows, tokenizer, training_args.max_length, split)
-            dataset[split] = rows.map(to_prompt_completion, remove_columns=rows.column_names)
+        reports = prepare_for_training(dataset, tokenizer, limits, training_args.max_length)
 
     if script_args.dry_run:
         print(yaml.safe_dump({"recipe": recipe, "base_model_hub_id": hub_id}, sort_keys=False).rstrip())
@@ -100,20 +100,7 @@ def train(script_args, training_args, model_args, recipe):
     from trl import get_peft_config, get_quantization_config
 
     register_varlen_attention()  # `attn_implementation: sdpa_varlen` in a recipe
-    if training_args.padding_free and not training_args.packing:
-        # Step 2 already dropped every example longer than max_length; TRL refuses a max_length it cannot enforce
-        # without packing, so it gets none.
-        training_args.max_length = None
-    training_args.model_init_kwargs = {
-        "revision": model_args.model_revision,
-        "attn_implementation": model_args.attn_implementation,
-        "dtype": model_args.dtype,
-        **(training_args.model_init_kwargs or {}),
-    }
-    if training_args.distributed_state.distributed_type != "NO":
-        # TRL clears device_map only for DDP and DeepSpeed; under FSDP its "auto" would spread each rank's 4-bit
-        # model over every GPU. None lets bitsandbytes place it on the rank's own device.
-        training_args.model_init_kwargs["device_map"] = None
+    prepare_trainer_args(training_args, model_args)
     try:
         trainer = QLoRASFTTrainer(
             model=model_args.model_name_or_path,
@@ -141,7 +128,6 @@ def train(script_args, training_args, model_args, recipe):
             "no checkpoint was complete yet, so a rerun of the same command starts over")
         raise Interrupted(f"training interrupted by {signal_name(interrupt)} at step {trainer.state.global_step}: "
                           f"{resume}", interrupt) from None
-    artifacts.check_trained(trainer.state)
     metrics = {**train_result.metrics, "train_samples": len(dataset[script_args.dataset_train_split])}
     if trainer.eval_dataset is not None:
         metrics.update(trainer.evaluate())
@@ -149,28 +135,8 @@ def train(script_args, training_args, model_args, recipe):
     ###################
     # 5. Save adapter, tokenizer, stop tokens, recipe and metrics; all or nothing
     ###################
-    staging = os.path.join(training_args.output_dir, artifacts.STAGING_DIR)
-    if trainer.is_world_process_zero():
-        artifacts.reset_dir(staging)
-    trainer.accelerator.wait_for_everyone()
-    trainer.model.peft_config["default"].base_model_name_or_path = hub_id  # a local path is useless on the Hub
-    trainer.save_model(staging)  # every rank joins: ZeRO-3 gathers the adapter here
-    if trainer.is_world_process_zero():
-        artifacts.verify_adapter(staging)
-        generation_config = trainer.model.generation_config
-        generation_config.eos_token_id = stop_token_ids(tokenizer, generation_config)
-        generation_config.pad_token_id = tokenizer.pad_token_id
-        generation_config.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        trainer.state.save_to_json(os.path.join(staging, "trainer_state.json"))
-        with open(os.path.join(staging, "recipe.yaml"), "w", encoding="utf-8") as handle:
-            yaml.safe_dump(recipe, handle, sort_keys=False)
-        results = {"metrics": metrics, "data": reports, "base_model_hub_id": hub_id, **run_info()}
-        with open(os.path.join(staging, artifacts.FINISHED_MARKER), "w", encoding="utf-8") as handle:
-            json.dump(results, handle, indent=2)
-        artifacts.publish_staged(training_args.output_dir)
-        logger.info(f"adapter saved to {training_args.output_dir}: {json.dumps(metrics)}")
-    trainer.accelerator.wait_for_everyone()
+    artifacts.save_run(trainer, tokenizer, recipe=recipe, metrics=metrics, data_reports=reports, base_model_hub_id=hub_id)
+    logger.info(f"adapter saved to {training_args.output_dir}: {json.dumps(metrics)}")
     trainer.end()
 
 

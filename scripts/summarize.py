@@ -13,20 +13,13 @@ JSON lines (--jsonl FILE): rows with a `dialogue` field; each row is written bac
 import argparse
 import json
 import logging
-import re
 import sys
 
-from dialogsum_sft.errors import DataError, UserError, run_cli
-from dialogsum_sft.generation import (
-    TUNED_WEIGHTS,
-    TUNED_WEIGHTS_HELP,
-    default_device,
-    load_for_generation,
-    prepare_adapter,
-    resolve_dtype,
-    summarize,
-    tuned_loading,
-)
+from dialogsum_sft.adapters import open_adapter
+from dialogsum_sft.data import read_dialogue_rows, read_dialogues
+from dialogsum_sft.errors import DataError, run_cli
+from dialogsum_sft.generation import GenerationOptions, add_generation_arguments, summarize, tuned_settings
+from dialogsum_sft.logs import setup_logging
 
 
 logger = logging.getLogger("summarize")
@@ -42,57 +35,19 @@ def parse_args(argv):
     source.add_argument("--input", help="plain-text file: dialogues separated by blank lines (default: stdin)")
     source.add_argument("--jsonl", help="JSON lines with a `dialogue` field; writes the rows with a `summary` added")
     parser.add_argument("--output", help="write here instead of stdout")
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--max_new_tokens", type=int, default=128)
-    parser.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"),
-                        help="weights dtype (auto: bfloat16 on GPU, float32 on CPU)")
-    parser.add_argument("--weights", default="auto", choices=("auto", *TUNED_WEIGHTS),
-                        help=TUNED_WEIGHTS_HELP)
+    add_generation_arguments(parser, batch_size=16)
     args = parser.parse_args(argv)
-    for name in ("batch_size", "max_new_tokens"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name} must be at least 1; got {getattr(args, name)}")
-    return args
-
-
-def read_text(handle, where: str) -> list[str]:
-    dialogues = [block.strip() for block in re.split(r"\n\s*\n", handle.read())]
-    dialogues = [block for block in dialogues if block]
-    if not dialogues:
-        raise DataError(f"no dialogue in {where}: write one turn per line, a blank line between dialogues")
-    return dialogues
-
-
-def read_jsonl(path: str) -> list[dict]:
-    rows = []
-    try:
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError as err:
-                    raise DataError(f"{path} line {number} is not JSON: {err}") from err
-                dialogue = row.get("dialogue") if isinstance(row, dict) else None
-                if not isinstance(dialogue, str) or not dialogue.strip():
-                    raise DataError(f"{path} line {number} has no non-empty `dialogue` string")
-                rows.append(row)
-    except OSError as err:
-        raise DataError(f"cannot read {path}: {err.strerror}") from err
-    if not rows:
-        raise DataError(f"{path} has no rows")
-    return rows
+    return args, GenerationOptions.from_args(args)
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    args, options = parse_args(argv)
+    setup_logging()
 
     ###################
     # 1. Adapter and its base model (checked before reading stdin, which may be typed by hand)
     ###################
-    adapter = prepare_adapter(args.adapter, base_model=args.base_model, revision=args.revision)
+    adapter = open_adapter(args.adapter, base_model=args.base_model, revision=args.revision)
     logger.info(f"base model: {adapter.base_model} ({adapter.base_model_source})")
 
     ###################
@@ -100,32 +55,29 @@ def main(argv=None):
     ###################
     rows = None
     if args.jsonl:
-        rows = read_jsonl(args.jsonl)
+        rows = read_dialogue_rows(args.jsonl)
         dialogues = [row["dialogue"] for row in rows]
     elif args.input:
         try:
             with open(args.input, encoding="utf-8") as handle:
-                dialogues = read_text(handle, args.input)
+                dialogues = read_dialogues(handle, args.input)
         except OSError as err:
             raise DataError(f"cannot read {args.input}: {err.strerror}") from err
     else:
         if sys.stdin.isatty():
             print("reading dialogues from stdin (blank line between dialogues, Ctrl-D to end)", file=sys.stderr)
-        dialogues = read_text(sys.stdin, "stdin")
+        dialogues = read_dialogues(sys.stdin, "stdin")
 
     ###################
     # 3. Weights
     ###################
-    device = default_device()
-    dtype = resolve_dtype(args.dtype, device)
-    _, load = tuned_loading(adapter.recipe, args.weights, dtype, device)
-    model = load_for_generation(adapter.base_model, adapter.directory, **load)
+    model = tuned_settings(adapter.recipe, options.weights, options.dtype).load(adapter.base_model, adapter.directory)
 
     ###################
     # 4. Summaries
     ###################
-    summaries = summarize(model, adapter.tokenizer, dialogues, batch_size=args.batch_size,
-                          max_new_tokens=args.max_new_tokens, stop_ids=adapter.stop_ids,
+    summaries = summarize(model, adapter.tokenizer, dialogues, batch_size=options.batch_size,
+                          max_new_tokens=options.max_new_tokens, stop_ids=adapter.stop_ids,
                           progress=sys.stderr.isatty())
     if rows is not None:
         lines = [json.dumps({**row, "summary": summary}, ensure_ascii=False) for row, summary in zip(rows, summaries)]

@@ -3,7 +3,7 @@ import shutil
 
 import pytest
 
-from helpers import DATA_DIR, SMOLLM2_DIR, read_rows, write_rows
+from helpers import DATA_DIR, SMOLLM2_DIR, read_rows, tiny_llama, write_rows
 from hub_server import hub_server  # noqa: F401  (the loopback Hub fixture)
 
 
@@ -31,20 +31,8 @@ def small_data_dir(tmp_path_factory, data_dir):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, smollm2_dir):
     """A randomly initialised 2-layer Llama with SmolLM2's tokenizer and chat template."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+    return tiny_llama(tmp_path_factory.mktemp("tiny-llama"), smollm2_dir, hidden_size=64, initializer_range=0.02,
+                      tie_word_embeddings=True, max_position_embeddings=2048)
 
 
 @pytest.fixture

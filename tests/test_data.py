@@ -79,8 +79,13 @@ def test_hub_dataset_offline_is_reported_as_unreachable(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     monkeypatch.setattr("datasets.config.HF_HUB_OFFLINE", True)
-    with pytest.raises(UnreachableError, match="cannot download dataset|not found or not reachable"):
+    # datasets raises DatasetNotFoundError when offline too: the message must say unreachable, not "not found".
+    with pytest.raises(UnreachableError) as err:
         load_dialogsum("knkarthick/dialogsum")
+    assert str(err.value) == (
+        "dataset knkarthick/dialogsum is not reachable from here (offline or Hub unreachable): download it where the "
+        "Hub is reachable and pass its local directory as dataset_name"
+    )
 
 
 def test_over_length_rows_are_dropped_and_counted(tmp_path, data_dir, smollm2_dir):

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 import torch
-from test_generation import BASE_HUB_ID, tiny_adapter, tiny_llama
 
-from dialogsum_sft.generation import load_for_generation, prepare_adapter, summarize, tuned_loading
-from helpers import ROOT, error_lines, run_script
+from dialogsum_sft.adapters import open_adapter
+from dialogsum_sft.generation import base_settings, summarize, tuned_settings
+from helpers import BASE_HUB_ID, ROOT, error_lines, run_script, tiny_adapter, tiny_llama
 from hub_server import TOKEN
 
 
@@ -19,7 +19,7 @@ FAST = {"OMP_NUM_THREADS": "1"}  # tiny models: extra threads only add contentio
 GENERATION = ("--max_new_tokens", 8, "--batch_size", 2)
 PUBLISHED = {
     "adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",
-    "chat_template.jinja", "generation_config.json", "recipe.yaml", "train_results.json", "eval_results.json",
+    "chat_template.jinja", "generation_config.json", "recipe.yaml", "run_results.json", "eval_results.json",
     "rouge.png", "loss.png", "README.md",
 }  # fmt: skip
 
@@ -38,7 +38,7 @@ def adapter_dir(tmp_path_factory, base_dir, data_dir):
     log = [{"step": step, "loss": 3.0 - step / 10} for step in range(1, 6)] + [{"step": 5, "eval_loss": 2.7}]
     for name, content in {
         "trainer_state.json": json.dumps({"log_history": log}),
-        "train_results.json": json.dumps({"metrics": {"train_loss": 2.7}}),
+        "run_results.json": json.dumps({"metrics": {"train_loss": 2.7}}),
         "training_args.bin": "pickled arguments",
         "checkpoint-5/adapter_model.safetensors": "older weights",
         "runs/Nov24/events.out.tfevents.1.host": "tensorboard",
@@ -79,15 +79,14 @@ def test_evaluate_writes_every_file_with_base_and_tuned_from_separate_models(
     assert [row["id"] for row in rows] == ["test_0", "test_1", "test_2"]
     assert all(len(row["references"]) == 3 for row in rows)
     # Each model's summaries, recomputed here: the base ones must come from a base no adapter was loaded onto.
-    adapter = prepare_adapter(adapter_dir)
+    adapter = open_adapter(adapter_dir)
     dialogues = [row["dialogue"] for row in rows]
     torch.set_num_threads(1)
     # The adapter trained on a 4-bit base, so by default it merges into the NF4-rounded weights it trained against.
-    weights, tuned_load = tuned_loading(adapter.recipe, "auto", torch.float32, "cpu")
-    assert weights == metrics["generation"]["tuned_weights"] == "nf4-merged"
-    base_load = dict(dtype=torch.float32, device="cpu", merge=False)
-    for name, folder, load in (("base", None, base_load), ("tuned", adapter_dir, tuned_load)):
-        model = load_for_generation(base_dir, folder, **load)
+    tuned = tuned_settings(adapter.recipe, "auto", "float32", "cpu")
+    assert tuned.weights == metrics["generation"]["tuned_weights"] == "nf4-merged"
+    for name, folder, settings in (("base", None, base_settings("float32", "cpu")), ("tuned", adapter_dir, tuned)):
+        model = settings.load(base_dir, folder)
         expected = summarize(model, adapter.tokenizer, dialogues, batch_size=2, max_new_tokens=8,
                              stop_ids=adapter.stop_ids, progress=False)
         assert [row[name] for row in rows] == expected

@@ -18,6 +18,7 @@ from dialogsum_sft import fused_lora
 from dialogsum_sft.attention import VARLEN_ATTENTION, register_varlen_attention
 from dialogsum_sft.configs import parse_recipe
 from dialogsum_sft.errors import RecipeError
+from helpers import sft_in_process
 
 
 SHAPE = dict(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -229,7 +230,6 @@ def test_liger_check_names_the_missing_piece():
 
 def test_sft_script_trains_the_same_adapter_on_the_fused_path(tmp_path, capsys, caplog, tiny_model_dir,
                                                               small_data_dir):
-    from test_train import sft_in_process
 
     caplog.set_level(logging.INFO, logger="dialogsum_sft.trainer")
     runs = {}

@@ -5,15 +5,15 @@ import shutil
 
 import pytest
 import torch
-import yaml
 
+from dialogsum_sft.adapters import open_adapter
 from dialogsum_sft.data import render_prompt
 from dialogsum_sft.errors import ModelError
-from dialogsum_sft.generation import four_bit_config, load_for_generation, prepare_adapter, summarize
+from dialogsum_sft.generation import four_bit_config, load_for_generation, summarize
 from dialogsum_sft.model import load_tokenizer
+from helpers import BASE_HUB_ID, tiny_adapter, tiny_llama
 
 
-BASE_HUB_ID = "tiny-org/tiny-llama"
 DIALOGUES = [
     "#Person1#: Hi, is this seat taken?\n#Person2#: No, go ahead.",
     "#Person1#: What time does the train to Boston leave?\n#Person2#: At 6:15 from platform 4, but it is "
@@ -23,44 +23,6 @@ DIALOGUES = [
     "#Person1#: Happy birthday! How old are you now?\n#Person2#: Thirty, and I feel twenty.",
 ]
 NEVER = 3  # a special token id the tiny models never generate in these tests
-
-
-def tiny_llama(folder, tokenizer_dir, hidden_size=32, seed=0):
-    """A random 2-layer Llama with SmolLM2's tokenizer; wide initial weights make its greedy text vary by prompt."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False,
-        initializer_range=0.2, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
-def tiny_adapter(folder, base_dir, recipe=None, seed=1):
-    """A LoRA adapter saved like scripts/sft.py saves one, with random non-zero B so that it changes the outputs."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, GenerationConfig
-
-    torch.manual_seed(seed)
-    model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(base_dir),
-        LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM"),
-    )
-    model.peft_config["default"].base_model_name_or_path = BASE_HUB_ID
-    model.save_pretrained(folder, save_embedding_layers=False)  # "auto" would look the base up on the Hub
-    tokenizer = load_tokenizer(base_dir)
-    tokenizer.save_pretrained(folder)
-    generation_config = GenerationConfig(eos_token_id=[tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id)
-    generation_config.save_pretrained(folder)
-    with open(f"{folder}/recipe.yaml", "w", encoding="utf-8") as handle:
-        yaml.safe_dump(recipe or {"model_name_or_path": BASE_HUB_ID, "base_model_hub_id": BASE_HUB_ID}, handle)
-    return str(folder)
 
 
 @pytest.fixture(scope="module")
@@ -146,18 +108,18 @@ def test_merging_into_the_dequantized_nf4_base_matches_the_4bit_forward(base, tm
     assert not torch.allclose(full_logits, exact_logits, atol=1e-2)  # NF4 rounding is what the check above keeps
 
 
-def test_prepare_adapter_uses_the_local_base_from_the_recipe_and_checks_the_fit(tmp_path, base_dir, smollm2_dir):
+def test_open_adapter_uses_the_local_base_from_the_recipe_and_checks_the_fit(tmp_path, base_dir, smollm2_dir):
     recipe = {"model_name_or_path": base_dir, "base_model_hub_id": BASE_HUB_ID}
-    adapter = prepare_adapter(tiny_adapter(tmp_path / "adapter", base_dir, recipe))
+    adapter = open_adapter(tiny_adapter(tmp_path / "adapter", base_dir, recipe))
     assert adapter.base_model == base_dir and adapter.base_model_hub_id == BASE_HUB_ID
     assert adapter.stop_ids == [load_tokenizer(base_dir).eos_token_id]
 
     wider = tiny_llama(tmp_path / "wider", smollm2_dir, hidden_size=48)
     with pytest.raises(ModelError, match="base model mismatch: .* hidden|base model mismatch: .*features"):
-        prepare_adapter(str(tmp_path / "adapter"), base_model=wider)
+        open_adapter(str(tmp_path / "adapter"), base_model=wider)
 
     shutil.copytree(base_dir, tmp_path / "small-vocab")
     config = json.loads((tmp_path / "small-vocab" / "config.json").read_text())
     (tmp_path / "small-vocab" / "config.json").write_text(json.dumps({**config, "vocab_size": 32000}))
     with pytest.raises(ModelError, match="base model mismatch: .*vocabulary has 32000 tokens"):
-        prepare_adapter(str(tmp_path / "adapter"), base_model=str(tmp_path / "small-vocab"))
+        open_adapter(str(tmp_path / "adapter"), base_model=str(tmp_path / "small-vocab"))

@@ -13,16 +13,19 @@ from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 
 from dialogsum_sft import hub
-from dialogsum_sft.hub import HubError, push_folder, resolve_adapter
+from dialogsum_sft.errors import HubError
+from dialogsum_sft.hub import push_folder, resolve_adapter
 from hub_server import OTHER_TOKEN, TOKEN, USER
 
 
 REPO = f"{USER}/dialogsum-qlora"
 WRONG_TOKEN = "hf_wrongTokenThatTheHubRejects000000"
-AUTH_MESSAGE = (
-    f"authentication failed for {REPO}: set HF_TOKEN or run `hf auth login` with a token that has write access"
+AUTH_MESSAGE = (  # errors.auth_failed_message, as downloading and loading models write it
+    f"the Hub refused the token for repository {REPO}: set HF_TOKEN or run `hf auth login` with a valid token that "
+    "can read it"
 )
-NOT_FOUND_MESSAGE = f"repository {REPO} not found (check the id; private repos need a token)"
+PUSH_AUTH_MESSAGE = AUTH_MESSAGE.replace("can read it", "can write to it")
+NOT_FOUND_MESSAGE = f"repository {REPO} not found on the Hub (check the id; private repos need `hf auth login`)"
 
 # What an SFT output directory holds: the adapter, its card and tokenizer, plus run state that must stay local.
 PUBLISHED = {
@@ -102,7 +105,7 @@ def test_private_repo_needs_its_owners_token(hub_server, output_dir, caplog):
     assert str(wrong_token.value) == AUTH_MESSAGE
     with pytest.raises(HubError) as wrong_token_push:
         push_folder(output_dir, REPO, token=WRONG_TOKEN)
-    assert str(wrong_token_push.value) == AUTH_MESSAGE
+    assert str(wrong_token_push.value) == PUSH_AUTH_MESSAGE
     with pytest.raises(HubError) as anonymous:
         resolve_adapter(REPO)
     assert str(anonymous.value) == NOT_FOUND_MESSAGE
@@ -117,7 +120,7 @@ def test_private_repo_needs_its_owners_token(hub_server, output_dir, caplog):
 
 
 def test_missing_repo_and_malformed_ids(hub_server, output_dir):
-    with pytest.raises(HubError, match=r"^repository testuser/nope not found \(check the id; private repos need"):
+    with pytest.raises(HubError, match=r"^repository testuser/nope not found on the Hub \(check the id; private repos need"):
         resolve_adapter(f"{USER}/nope", token=TOKEN)
     with pytest.raises(HubError, match=r"^invalid repo id 'bad--name/adapter': "):
         resolve_adapter("bad--name/adapter")

@@ -6,8 +6,8 @@ from transformers import AutoModelForCausalLM
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from dialogsum_sft.attention import register_varlen_attention
+from dialogsum_sft.configs import check_attention_for_packing
 from dialogsum_sft.errors import RecipeError
-from dialogsum_sft.model import check_attention_for_packing
 
 
 # The GPU cases run where CUDA is (docs/benchmarks.md records the run); sdpa_varlen's kernel exists only there.

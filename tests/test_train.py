@@ -1,6 +1,5 @@
 """End to end through scripts/sft.py: the real SmolLM2 in 4-bit, exact resumption after kill -9, bad models, secrets."""
 
-import importlib.util
 import json
 import os
 import signal
@@ -16,12 +15,11 @@ from huggingface_hub import HfApi, constants
 from safetensors.torch import load_file
 
 from dialogsum_sft.artifacts import last_complete_checkpoint
-from dialogsum_sft.errors import run_cli
-from helpers import ROOT, error_lines, run_script
+from helpers import CPU_RECIPE, ROOT, error_lines, run_script, sft_in_process
 from hub_server import TOKEN, USER
 
 
-RECIPE = os.path.join(ROOT, "recipes", "smollm2-135m.yaml")
+RECIPE = CPU_RECIPE
 FAST = ["--use_cpu", "true", "--report_to", "none", "--logging_steps", "1", "--max_length", "384"]
 
 
@@ -42,7 +40,7 @@ def test_qlora_smollm2_trains_and_saves_a_complete_adapter(tmp_path, smollm2_dir
     assert 2 in ([generation["eos_token_id"]] if isinstance(generation["eos_token_id"], int) else generation["eos_token_id"])
     recipe = yaml.safe_load((out / "recipe.yaml").read_text())
     assert recipe["max_steps"] == 2 and recipe["load_in_4bit"] is True
-    results = json.loads((out / "train_results.json").read_text())
+    results = json.loads((out / "run_results.json").read_text())
     assert results["metrics"]["train_samples"] == 8 and results["metrics"]["eval_loss"] > 0
     assert results["data"]["train"]["rows"] == 8 and results["libraries"]["trl"]
     assert (out / "chat_template.jinja").is_file() and not (out / ".incomplete").exists()
@@ -104,22 +102,6 @@ def test_incomplete_checkpoints_are_skipped(tmp_path, contents):
     for name, text in contents.items():
         (bad / name).write_text(text)
     assert last_complete_checkpoint(str(tmp_path)) == str(good)
-
-
-def sft_in_process(capsys, *args):
-    """scripts/sft.py's `main` through `run_cli`, as its __main__ runs it, minus the interpreter start-up.
-
-    Returns the exit status (None when it returned) and the `error:` lines it printed.
-    """
-    spec = importlib.util.spec_from_file_location("sft_script", os.path.join(ROOT, "scripts", "sft.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    try:
-        run_cli(script.main, [RECIPE, "--use_cpu", "true", *map(str, args)])
-        status = None
-    except SystemExit as exit_:
-        status = exit_.code
-    return status, [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
 
 
 def test_padding_free_run_on_sdpa_varlen_trains_and_keeps_the_recipe_as_written(tmp_path, capsys, tiny_model_dir,
@@ -272,7 +254,7 @@ def test_hub_token_never_reaches_outputs_logs_or_the_hub(tmp_path, tiny_model_di
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
 
     written = {path.relative_to(out).as_posix() for path in out.rglob("*") if path.is_file()}
-    expected = {"recipe.yaml", "train_results.json", "trainer_state.json", "training_args.bin", "README.md",
+    expected = {"recipe.yaml", "run_results.json", "trainer_state.json", "training_args.bin", "README.md",
                 "adapter_model.safetensors", "checkpoint-1/training_args.bin", "checkpoint-2/optimizer.pt",
                 "eval/eval_results.json", "eval/predictions.jsonl", "eval/hub/README.md", "eval/hub/recipe.yaml"}
     assert expected <= written

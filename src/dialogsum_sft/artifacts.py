@@ -1,8 +1,8 @@
 """The training output directory: resuming from complete checkpoints, and a final save that is all or nothing.
 
-A run is finished when `train_results.json` is in the output directory. Everything the run publishes is first
-written to a hidden staging folder and moved into place with `train_results.json` last, so a crash never leaves a
-directory that looks finished.
+A run is finished when `run_results.json` is in the output directory (its own name: Trainer's train_results.json
+has another layout). Everything the run saves is first written to a hidden staging folder and moved into place
+with `run_results.json` last, so a crash never leaves a directory that looks finished.
 """
 
 from __future__ import annotations
@@ -17,13 +17,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import yaml
+
+from .adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS  # noqa: F401  (artifacts.ADAPTER_CONFIG in tests)
 from .errors import RecipeError, TrainingError
+from .runinfo import run_info
 
 
-FINISHED_MARKER = "train_results.json"
+FINISHED_MARKER = "run_results.json"
 STAGING_DIR = ".incomplete"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
 LOCK_FILE = ".lock"
 
 
@@ -142,7 +144,7 @@ def reset_dir(path: str) -> None:
     os.makedirs(path)
 
 
-def publish_staged(output_dir: str) -> None:
+def move_staged_into_place(output_dir: str) -> None:
     """Move the staged files into output_dir, the finished marker last."""
     staged = os.path.join(output_dir, STAGING_DIR)
     names = sorted(os.listdir(staged), key=lambda name: name == FINISHED_MARKER)
@@ -152,3 +154,35 @@ def publish_staged(output_dir: str) -> None:
             shutil.rmtree(target)
         os.replace(os.path.join(staged, name), target)
     os.rmdir(staged)
+
+
+def save_run(trainer, tokenizer, *, recipe: dict, metrics: dict, data_reports: dict, base_model_hub_id: str) -> None:
+    """Save adapter, tokenizer, stop tokens, trainer state, recipe and run_results.json; all or nothing.
+
+    Every rank must call it: under ZeRO-3 saving gathers the adapter from all ranks.
+    """
+    from .model import stop_token_ids
+
+    check_trained(trainer.state)
+    output_dir = trainer.args.output_dir
+    staging = os.path.join(output_dir, STAGING_DIR)
+    if trainer.is_world_process_zero():
+        reset_dir(staging)
+    trainer.accelerator.wait_for_everyone()
+    trainer.model.peft_config["default"].base_model_name_or_path = base_model_hub_id  # a local path is useless
+    trainer.save_model(staging)
+    if trainer.is_world_process_zero():
+        verify_adapter(staging)
+        generation_config = trainer.model.generation_config
+        generation_config.eos_token_id = stop_token_ids(tokenizer, generation_config)
+        generation_config.pad_token_id = tokenizer.pad_token_id
+        generation_config.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        trainer.state.save_to_json(os.path.join(staging, "trainer_state.json"))
+        with open(os.path.join(staging, "recipe.yaml"), "w", encoding="utf-8") as handle:
+            yaml.safe_dump(recipe, handle, sort_keys=False)
+        results = {"metrics": metrics, "data": data_reports, "base_model_hub_id": base_model_hub_id, **run_info()}
+        with open(os.path.join(staging, FINISHED_MARKER), "w", encoding="utf-8") as handle:
+            json.dump(results, handle, indent=2)
+        move_staged_into_place(output_dir)
+    trainer.accelerator.wait_for_everyone()

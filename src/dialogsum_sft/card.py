@@ -1,19 +1,6 @@
 """The model card (README.md) of a pushed adapter: Hub metadata, usage, recipe, evaluation, limitations.
 
-`metrics` is the evaluation script's result, with the ROUGE scores of `rouge.score` for each model:
-
-    {
-        "split": "test",
-        "num_dialogues": 500,
-        "num_pairs": 1500,                  # (dialogue, reference) pairs
-        "protocol": rouge.PROTOCOL,
-        "tuned": {"mean_over_references": {"rouge1": .., "rouge2": .., "rougeL": .., "rougeLsum": ..},
-                  "best_of_references": {...same keys...}},
-        "base": {...same shape as "tuned"...},   # optional: absent or None when the base was not evaluated
-        "generation": {"max_new_tokens": 128, "do_sample": False, ...},  # settings used for both models
-    }
-
-The card's model-index (the Hub's evaluation results) carries the fine-tuned mean-over-references scores, the
+`metrics` is the evaluation's result (`EvalMetrics`, eval_results.json). The card's model-index (the Hub's evaluation results) carries the fine-tuned mean-over-references scores, the
 protocol comparable with published DialogSum results. `recipe` is the run's recipe dict (`recipe.yaml`); the
 training table lists the settings it holds, so keys left at their TRL defaults do not appear.
 """
@@ -21,17 +8,46 @@ training table lists the settings it holds, so keys left at their TRL defaults d
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypedDict
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .data import CHAT_TEMPLATE_KWARGS, DATASET_HUB_ID, INSTRUCTION, SYSTEM_PROMPT
-from .model import is_local_path
+from .errors import is_local_path
 from .rouge import PROTOCOLS, ROUGE_NAMES, ROUGE_TYPES, check_scores
 
 
 DATA_LICENSE = "cc-by-nc-sa-4.0"
 TAGS = ["peft", "lora", "qlora", "trl", "sft", "summarization", "dialogsum"]
 PROTOCOL_LABELS = {"mean_over_references": "mean over references", "best_of_references": "best of references"}
+
+
+class ModelScores(TypedDict):
+    """ROUGE F-measures x100 of one model (`rouge.score`), per protocol: {"rouge1": .., "rougeL": .., ...}."""
+
+    mean_over_references: dict[str, float]
+    best_of_references: dict[str, float]
+
+
+class EvalMetrics(TypedDict, total=False):
+    """eval_results.json; the card needs `tuned` and reads the other keys when present."""
+
+    split: str  # "test" or "validation"
+    num_dialogues: int
+    num_pairs: int  # (dialogue, reference) pairs
+    protocol: str  # rouge.PROTOCOL
+    tuned: ModelScores
+    base: ModelScores | None  # None when the base was not evaluated (--no_base)
+    generation: dict  # settings used for both models: max_new_tokens, do_sample, ...
+    timing: dict[str, dict]  # per model: seconds, dialogues_per_second, peak_gpu_memory_gib on GPU
+    adapter: str
+    adapter_revision: str | None
+    adapter_sha256: str  # of adapter_model.safetensors: a push checks it evaluated these weights
+    base_model_hub_id: str
+    base_model: str
+    dataset: str
+    max_samples: int | None
+
 
 # Recipe keys shown in the training table, in this order, with their labels.
 RECIPE_ROWS = (
@@ -72,7 +88,7 @@ def build_model_card(
     *,
     repo_id: str,
     base_model_hub_id: str,
-    metrics: dict,
+    metrics: EvalMetrics,
     recipe: dict,
     plots: Sequence[str] = (),
     license: str = DATA_LICENSE,
@@ -230,7 +246,8 @@ def _format_value(value) -> str:
     return str(value)
 
 
-def _evaluation(metrics: dict, plots: Sequence[str]) -> str:
+def rouge_table(metrics: EvalMetrics) -> list[str]:
+    """The Markdown table of ROUGE scores: one row per metric, one column per model and protocol."""
     models = [("fine-tuned", metrics["tuned"])]
     if metrics.get("base") is not None:
         models.insert(0, ("base", metrics["base"]))
@@ -241,7 +258,11 @@ def _evaluation(metrics: dict, plots: Sequence[str]) -> str:
     for rouge_type in ROUGE_TYPES:
         values = " | ".join(f"{scores[name][protocol][rouge_type]:.2f}" for name, protocol in columns)
         table.append(f"| {ROUGE_NAMES[rouge_type]} | {values} |")
+    return table
 
+
+def _evaluation(metrics: EvalMetrics, plots: Sequence[str]) -> str:
+    table = rouge_table(metrics)
     counts = ""
     if "num_dialogues" in metrics and "num_pairs" in metrics:
         counts = f" ({metrics['num_dialogues']} dialogues, {metrics['num_pairs']} dialogue-reference pairs)"

@@ -17,7 +17,8 @@ import trl
 import yaml
 
 from .data import DATASET_HUB_ID
-from .errors import RecipeError
+from .distributed import check_recipe_for_launcher, let_peft_find_adapters_under_fsdp
+from .errors import RecipeError, is_local_path
 
 
 # Keys that must never be written to disk or printed.
@@ -120,6 +121,7 @@ class RecipeParser(trl.TrlParser):
         """Parse a recipe and overrides; the last item is the resolved recipe (see `resolved_recipe`)."""
         argv = list(argv)
         config: dict[str, Any] = {}
+        config_args: list[str] = []
         if argv and not argv[0].startswith("-"):
             argv = ["--config", *argv]  # positional recipe: `sft.py recipes/x.yaml ...`
         if "--config" in argv:
@@ -128,21 +130,20 @@ class RecipeParser(trl.TrlParser):
                 raise RecipeError("--config needs a recipe path")
             path = argv.pop(index + 1)
             argv.pop(index)
+            config_args = ["--config", path]
+            # Read here first: TRL's parse_args_and_config gives no line for bad YAML and drops unknown keys silently.
             config = load_recipe_file(path)
             for key in config:
                 if key not in self.known_keys() and key != "env":
                     raise self._unknown_key_error(key, f"in {path}")
             self._check_types({k: v for k, v in config.items() if k != "env"}, path)
-            for key, value in config.pop("env", {}).items():
-                os.environ[key] = str(value)
-            self.set_defaults_with_config(**config)
         _, remaining = self.parse_known_args(argv)  # before the dataclasses' own checks can fail first
         if remaining:
             key = next((arg for arg in remaining if arg.startswith("--")), remaining[0])
             raise self._unknown_key_error(key.lstrip("-").split("=")[0], "on the command line")
-        try:
-            parsed = self.parse_args_into_dataclasses(args=argv)
-        except (TypeError, ValueError) as err:  # raised by the dataclasses' __post_init__ checks
+        try:  # TRL sets the recipe's `env` (refusing one that is not a mapping), its defaults, then parses
+            parsed = self.parse_args_and_config(args=[*config_args, *argv])
+        except (TypeError, ValueError) as err:  # TRL's env check and the dataclasses' __post_init__ checks
             message = str(err).splitlines()[0]
             if "bf16/gpu" in message:
                 message = "bf16: true needs a GPU with bf16 support; to train on the CPU pass --use_cpu true"
@@ -151,7 +152,7 @@ class RecipeParser(trl.TrlParser):
         validate(script_args, training_args, model_args)
         dest_of = {option: action.dest for action in self._actions for option in action.option_strings}
         cli_keys = [dest_of[arg.split("=")[0]] for arg in argv if arg.split("=")[0] in dest_of]
-        keys = list(dict.fromkeys([*config, *cli_keys]))
+        keys = list(dict.fromkeys([*(key for key in config if key != "env"), *cli_keys]))
         return script_args, training_args, model_args, resolved_recipe(keys, *parsed)
 
 
@@ -205,6 +206,7 @@ def validate(script_args: ScriptArguments, training_args: SFTConfig, model_args:
         if value is not None and value < 1:
             raise RecipeError(f"{name} must be at least 1; got {value}")
     check_values(training_args, model_args)
+    check_recipe_for_launcher(training_args, model_args)
 
 
 # The system prompt, instruction and chat template alone take 60-90 tokens: a shorter max_length drops every row.
@@ -240,6 +242,66 @@ def check_values(training_args: SFTConfig, model_args: ModelConfig) -> None:
         value = getattr(training_args, name)
         if getattr(training_args, strategy) == "steps" and value is not None and value <= 0:
             raise RecipeError(f"{name} must be above 0 with {strategy}: steps; got {value}")
+
+
+# Attention implementations that keep padding-free / packed sequences apart: flash attention and this project's
+# sdpa_varlen (attention.py) read the sequence boundaries (cu_seq_lens) the collator passes, and transformers builds
+# a block-diagonal mask from position_ids for sdpa, eager and flex attention (tests/test_packing.py checks them).
+PACKING_SAFE_ATTENTION = ("sdpa_varlen", "sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3")
+
+
+def base_model_hub_id(model_args) -> str:
+    """The Hub id to record as the adapter's base model (never a local path)."""
+    if model_args.base_model_hub_id:
+        if is_local_path(model_args.base_model_hub_id):
+            raise RecipeError(f"base_model_hub_id must be a Hub id such as org/name; got {model_args.base_model_hub_id}")
+        return model_args.base_model_hub_id
+    if is_local_path(model_args.model_name_or_path):
+        raise RecipeError(
+            f"model_name_or_path is a local path ({model_args.model_name_or_path}): set base_model_hub_id to the "
+            "Hub id of that model so the adapter names a base its users can download"
+        )
+    return model_args.model_name_or_path
+
+
+def check_attention_for_packing(training_args, model_args) -> None:
+    packs = training_args.packing or training_args.padding_free
+    implementation = model_args.attn_implementation or "sdpa"
+    if packs and implementation not in PACKING_SAFE_ATTENTION:
+        raise RecipeError(
+            f"packing/padding_free with attn_implementation={implementation} would let packed examples attend to "
+            f"each other; use one of {', '.join(PACKING_SAFE_ATTENTION)} or turn packing off"
+        )
+
+
+def check_gpu(require_gpu: bool) -> None:
+    import torch
+
+    if require_gpu and not torch.cuda.is_available():
+        raise RecipeError(
+            "this recipe needs a CUDA GPU (require_gpu: true) and none is visible; on CPU use "
+            "recipes/smollm2-135m.yaml, or pass --require_gpu false to try anyway"
+        )
+
+
+def prepare_trainer_args(training_args: SFTConfig, model_args: ModelConfig) -> None:
+    """What TRL's SFTTrainer needs beyond the recipe: the model's load kwargs, a max_length it can enforce."""
+    if training_args.padding_free and not training_args.packing:
+        # data.prepare_for_training already dropped every example longer than max_length; TRL refuses a max_length
+        # it cannot enforce without packing, so it gets none.
+        training_args.max_length = None
+    training_args.model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+        **(training_args.model_init_kwargs or {}),
+    }
+    if training_args.distributed_state.distributed_type != "NO":
+        # TRL clears device_map only for DDP and DeepSpeed; under FSDP its "auto" would spread each rank's 4-bit
+        # model over every GPU. None lets bitsandbytes place it on the rank's own device.
+        training_args.model_init_kwargs["device_map"] = None
+    if training_args.distributed_state.distributed_type == "FSDP":
+        let_peft_find_adapters_under_fsdp()  # else every save under FSDP1 writes an empty adapter
 
 
 def resolved_recipe(keys: list[str], *configs) -> dict[str, Any]:

@@ -6,10 +6,11 @@ prompts with `build_prompt`, so the three can never drift apart.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
-from .errors import DataError, UnreachableError
+from .errors import DataError, explain_load_error, looks_like_path
 
 
 DATASET_HUB_ID = "knkarthick/dialogsum"
@@ -70,7 +71,7 @@ def load_dialogsum(name_or_dir: str, splits: tuple[str, ...] = SPLITS, token: st
         except Exception as err:  # datasets wraps JSON errors in several exception types
             raise DataError(f"cannot read {name_or_dir} as JSON lines: {_first_line(err)}") from err
     else:
-        if _looks_like_path(name_or_dir):  # Hub ids are `name` or `org/name`
+        if looks_like_path(name_or_dir):  # Hub ids are `name` or `org/name`
             raise DataError(f"dataset directory not found: {name_or_dir}")
         dataset = _load_from_hub(name_or_dir, splits, token)
     dataset = DatasetDict({split: dataset[split] for split in splits})
@@ -81,34 +82,15 @@ def load_dialogsum(name_or_dir: str, splits: tuple[str, ...] = SPLITS, token: st
 
 def _load_from_hub(dataset_id: str, splits: tuple[str, ...], token: str | None):
     from datasets import load_dataset
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
     try:
         dataset = load_dataset(dataset_id, token=token)
-    except GatedRepoError as err:
-        raise DataError(f"dataset {dataset_id} is gated: accept its terms on the Hub, then `hf auth login`") from err
-    except RepositoryNotFoundError as err:
-        raise DataError(f"dataset {dataset_id} not found on the Hub (check the id, or log in if private)") from err
-    except (ConnectionError, OSError) as err:
-        raise UnreachableError(
-            f"cannot download dataset {dataset_id} (offline or Hub unreachable): pass a local directory of "
-            f"{{train,validation,test}}.jsonl as dataset_name"
-        ) from err
-    except Exception as err:  # datasets raises its own DatasetNotFoundError for missing ids and when offline
-        if type(err).__name__ == "DatasetNotFoundError":
-            raise UnreachableError(
-                f"dataset {dataset_id} not found or not reachable (offline?): pass a local directory of "
-                f"{{train,validation,test}}.jsonl as dataset_name"
-            ) from err
-        raise
+    except Exception as err:
+        raise explain_load_error(err, dataset_id, what="dataset", error_type=DataError) from err
     missing = [split for split in splits if split not in dataset]
     if missing:
         raise DataError(f"dataset {dataset_id} has no split(s) {', '.join(missing)}")
     return dataset
-
-
-def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or name.count("/") > 1
 
 
 def _check_utf8(path: str) -> None:
@@ -140,6 +122,38 @@ def validate_rows(rows, split: str) -> None:
             if not isinstance(text, str) or not text.strip():
                 row_id = rows[index]["id"]
                 raise DataError(f"{split} row {index} (id {row_id}) has an empty {column}; fix or remove that row")
+
+
+def read_dialogues(handle, where: str) -> list[str]:
+    """Plain-text dialogues: one turn per line, blank lines between dialogues."""
+    dialogues = [block.strip() for block in re.split(r"\n\s*\n", handle.read())]
+    dialogues = [block for block in dialogues if block]
+    if not dialogues:
+        raise DataError(f"no dialogue in {where}: write one turn per line, a blank line between dialogues")
+    return dialogues
+
+
+def read_dialogue_rows(path: str) -> list[dict]:
+    """JSON-lines rows, each with a non-empty `dialogue` string."""
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as err:
+                    raise DataError(f"{path} line {number} is not JSON: {err}") from err
+                dialogue = row.get("dialogue") if isinstance(row, dict) else None
+                if not isinstance(dialogue, str) or not dialogue.strip():
+                    raise DataError(f"{path} line {number} has no non-empty `dialogue` string")
+                rows.append(row)
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err.strerror}") from err
+    if not rows:
+        raise DataError(f"{path} has no rows")
+    return rows
 
 
 def unique_dialogues(rows) -> list[dict]:
@@ -216,6 +230,21 @@ def fit_to_max_length(rows, tokenizer, max_length: int | None, split: str) -> tu
             rows = rows.select(keep)
     report["kept"] = len(rows)
     return rows, report
+
+
+def prepare_for_training(dataset, tokenizer, limits: dict[str, int | None], max_length: int | None) -> dict:
+    """Cut each split of `dataset` to its limit, drop over-long rows, turn it into prompt/completion rows (in place).
+
+    Returns the data report of each split (`fit_to_max_length`), which the run saves with its results.
+    """
+    reports = {}
+    for split in list(dataset):
+        rows = dataset[split]
+        if limits.get(split) is not None:
+            rows = rows.select(range(min(limits[split], len(rows))))
+        rows, reports[split] = fit_to_max_length(rows, tokenizer, max_length, split)
+        dataset[split] = rows.map(to_prompt_completion, remove_columns=rows.column_names)
+    return reports
 
 
 def format_report(split: str, report: dict, max_length: int | None) -> str:

@@ -1,9 +1,9 @@
 """Summaries from a base model or a trained adapter: loading for inference and batched greedy generation.
 
-Evaluation (scripts/evaluate.py) and inference (scripts/summarize.py) both go through `prepare_adapter`,
+Evaluation (evaluation.py) and inference (scripts/summarize.py) both go through `adapters.open_adapter`,
 `load_for_generation` and `summarize`, so the numbers reported are those of the summaries users get.
 
-Precision: the adapter was trained on a 4-bit (NF4) base. Three ways to load it:
+Precision: the adapter was trained on a 4-bit (NF4) base. Three ways to load it (`TUNED_WEIGHTS`):
 - the base in bf16 (GPU) or float32 (CPU) with the LoRA weights merged in: fast, but the base weights are not the
   NF4-rounded ones the adapter learned against;
 - a 4-bit base (`four_bit_config`, merge=False): exactly the training forward pass, adapter unmerged, slowest;
@@ -12,153 +12,66 @@ Precision: the adapter was trained on a 4-bit (NF4) base. Three ways to load it:
 
 from __future__ import annotations
 
-import json
-import os
+import argparse
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from tqdm.auto import tqdm
 
 from .data import render_prompt
-from .errors import ModelError, UnreachableError
-from .model import explain_load_error, is_local_path, load_tokenizer, stop_token_ids
+from .errors import ModelError, UserError, explain_load_error
 
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-RECIPE_FILE = "recipe.yaml"
-GENERATION_CONFIG = "generation_config.json"
-# LoRA tensors in a saved adapter: `base_model.model.<module>.lora_A.weight` is (r, in), `lora_B` is (out, r).
-_LORA_PREFIX = "base_model.model."
-_LORA_SUFFIXES = {".lora_A.weight": ("in_features", 1), ".lora_B.weight": ("out_features", 0)}
+# How the fine-tuned model's weights are built (see the module docstring).
+TUNED_WEIGHTS = {
+    "nf4-merged": "base rounded to 4-bit NF4 as in training, dequantized, adapter merged",
+    "nf4": "base in 4-bit NF4 as in training, adapter unmerged",
+    "merged": "original base weights, adapter merged",
+}
+DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
-@dataclass
-class Adapter:
-    """A trained adapter ready to load: where it is, which base to load it on, its tokenizer and stop ids."""
+@dataclass(frozen=True)
+class GenerationOptions:
+    """The options evaluate.py and summarize.py share (`add_generation_arguments` puts them on a parser)."""
 
-    directory: Path
-    base_model: str  # what is loaded: a local directory or a Hub id
-    base_model_hub_id: str  # what the adapter names as its base (adapter_config.json)
-    base_model_source: str  # why `base_model` was chosen, for the log
-    tokenizer: object
-    stop_ids: list[int]
-    recipe: dict = field(default_factory=dict)
+    batch_size: int
+    max_new_tokens: int = 128
+    dtype: str = "auto"  # a DTYPES name; auto: bfloat16 on GPU, float32 on CPU
+    weights: str = "auto"  # a TUNED_WEIGHTS key; auto: nf4-merged for adapters trained on a 4-bit base
 
-
-def read_json(path: Path) -> dict:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
-
-
-def read_recipe(directory: Path) -> dict:
-    path = directory / RECIPE_FILE
-    if not path.is_file():
-        return {}
-    with open(path, encoding="utf-8") as handle:
-        recipe = yaml.safe_load(handle)
-    return recipe if isinstance(recipe, dict) else {}
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> GenerationOptions:
+        for name in ("batch_size", "max_new_tokens"):
+            if getattr(args, name) < 1:
+                raise UserError(f"--{name} must be at least 1; got {getattr(args, name)}")
+        return cls(args.batch_size, args.max_new_tokens, args.dtype, args.weights)
 
 
-def prepare_adapter(
-    name_or_path: str, *, base_model: str | None = None, revision: str | None = None, token: str | None = None
-) -> Adapter:
-    """Resolve an adapter (local output dir or Hub repo id), choose its base model and check that they fit."""
-    from .hub import resolve_adapter  # here: generating with a model in hand needs no Hub client
-
-    directory = resolve_adapter(name_or_path, token=token, revision=revision)
-    try:
-        adapter_config = read_json(directory / ADAPTER_CONFIG)
-    except ValueError as err:
-        raise ModelError(f"{directory / ADAPTER_CONFIG} is not valid JSON: {err}") from err
-    hub_id = adapter_config.get("base_model_name_or_path")
-    if not hub_id:
-        raise ModelError(f"{directory / ADAPTER_CONFIG} names no base_model_name_or_path; pass --base_model")
-    if not (directory / ADAPTER_WEIGHTS).is_file():
-        raise ModelError(f"{directory} has no {ADAPTER_WEIGHTS}: the adapter was not saved completely")
-    recipe = read_recipe(directory)
-    trained_from = recipe.get("model_name_or_path")
-    if base_model:
-        source = "--base_model"
-    elif isinstance(trained_from, str) and is_local_path(trained_from) and os.path.isdir(trained_from):
-        # The Hub id is what users download; the local copy it trained from is what works offline.
-        base_model = trained_from
-        source = "the local checkpoint it trained from, recipe.yaml's model_name_or_path; --base_model overrides"
-    else:
-        base_model, source = hub_id, "the adapter's base_model_name_or_path"
-    # The tokenizer saved with the adapter is the one it trained with (pad token and chat template included).
-    has_tokenizer = (directory / "tokenizer_config.json").is_file()
-    tokenizer = load_tokenizer(str(directory) if has_tokenizer else base_model)
-    check_base_fits(base_model, directory, len(tokenizer))
-    generation_config = None
-    if (directory / GENERATION_CONFIG).is_file():
-        from transformers import GenerationConfig
-
-        generation_config = GenerationConfig.from_pretrained(directory)
-    return Adapter(
-        directory=directory,
-        base_model=base_model,
-        base_model_hub_id=hub_id,
-        base_model_source=source,
-        tokenizer=tokenizer,
-        stop_ids=stop_token_ids(tokenizer, generation_config),
-        recipe=recipe,
-    )
+def add_generation_arguments(parser: argparse.ArgumentParser, *, batch_size: int, batch_size_help: str | None = None):
+    parser.add_argument("--batch_size", type=int, default=batch_size, help=batch_size_help)
+    parser.add_argument("--max_new_tokens", type=int, default=128)
+    parser.add_argument("--dtype", default="auto", choices=DTYPES,
+                        help="weights dtype (auto: bfloat16 on GPU, float32 on CPU)")
+    parser.add_argument("--weights", default="auto", choices=("auto", *TUNED_WEIGHTS),
+                        help="fine-tuned weights: " + "; ".join(f"{k}: {v}" for k, v in TUNED_WEIGHTS.items())
+                        + " (auto: nf4-merged for adapters trained on a 4-bit base)")
 
 
-def load_base_config(base_model: str):
-    from transformers import AutoConfig
+@dataclass(frozen=True)
+class LoadSettings:
+    """How `load_for_generation` builds a model; `weights` names the choice (a TUNED_WEIGHTS key, or "base")."""
 
-    try:
-        return AutoConfig.from_pretrained(base_model)
-    except Exception as err:
-        explained = explain_load_error(err, base_model, what="base model")
-        if isinstance(explained, UnreachableError):
-            explained = UnreachableError(
-                f"base model {base_model} is not reachable from here (offline or Hub unreachable): pass a local "
-                "copy with --base_model"
-            )
-        raise explained from err
+    weights: str
+    dtype: object
+    device: str
+    merge: bool
+    quantization_config: object = None
 
-
-def check_base_fits(base_model: str, adapter_dir: Path, vocab_size: int) -> None:
-    """Fail with one line, before any weights load, when the adapter's LoRA shapes do not fit `base_model`.
-
-    The base is built on the meta device (no memory, no weights), so this costs about a second even for 8B models.
-    """
-    import torch
-    from safetensors import safe_open
-    from transformers import AutoModelForCausalLM
-
-    config = load_base_config(base_model)
-    text_config = config.get_text_config()
-    mismatch = f"base model mismatch: {base_model} does not fit the adapter in {adapter_dir}"
-    if getattr(text_config, "vocab_size", vocab_size) < vocab_size:
-        raise ModelError(
-            f"{mismatch}: its vocabulary has {text_config.vocab_size} tokens, the adapter's tokenizer {vocab_size}"
-        )
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    with safe_open(adapter_dir / ADAPTER_WEIGHTS, framework="pt") as weights:
-        shapes = {name: weights.get_slice(name).get_shape() for name in weights.keys()}
-    for name, shape in shapes.items():
-        suffix = next((suffix for suffix in _LORA_SUFFIXES if name.endswith(suffix)), None)
-        if suffix is None or not name.startswith(_LORA_PREFIX):
-            continue
-        module_name = name[len(_LORA_PREFIX):-len(suffix)]
-        try:
-            module = model.get_submodule(module_name)
-        except AttributeError:
-            raise ModelError(f"{mismatch}: it has no module {module_name}, which the adapter adapts") from None
-        attribute, axis = _LORA_SUFFIXES[suffix]
-        expected = getattr(module, attribute, None)
-        if expected is not None and expected != shape[axis]:
-            raise ModelError(
-                f"{mismatch}: {module_name}.{attribute} is {expected} there but {shape[axis]} in the adapter "
-                "(a different model size or architecture)"
-            )
+    def load(self, base_name_or_path: str, adapter_dir: str | Path | None = None):
+        return load_for_generation(base_name_or_path, adapter_dir, dtype=self.dtype, device=self.device,
+                                   merge=self.merge, quantization_config=self.quantization_config)
 
 
 def default_device() -> str:
@@ -186,25 +99,22 @@ def four_bit_config(recipe: dict, dtype):
     return get_quantization_config(ModelConfig(load_in_4bit=True, dtype=compute_dtype, **settings))
 
 
-# How the fine-tuned model's weights are built (see the module docstring).
-TUNED_WEIGHTS = {
-    "nf4-merged": "base rounded to 4-bit NF4 as in training, dequantized, adapter merged",
-    "nf4": "base in 4-bit NF4 as in training, adapter unmerged",
-    "merged": "original base weights, adapter merged",
-}
-
-TUNED_WEIGHTS_HELP = "fine-tuned weights: " + "; ".join(f"{k}: {v}" for k, v in TUNED_WEIGHTS.items()) + \
-    " (auto: nf4-merged for adapters trained on a 4-bit base)"
+def base_settings(dtype: str, device: str | None = None) -> LoadSettings:
+    """The zero-shot base model, as users get it from the Hub: unquantized, no adapter."""
+    device = device or default_device()
+    return LoadSettings("base", resolve_dtype(dtype, device), device, merge=False)
 
 
-def tuned_loading(recipe: dict, weights: str, dtype, device: str) -> tuple[str, dict]:
-    """`load_for_generation` settings for an adapter; `auto` is nf4-merged for adapters trained on a 4-bit base."""
+def tuned_settings(recipe: dict, weights: str = "auto", dtype: str = "auto", device: str | None = None) -> LoadSettings:
+    """How to load an adapter on its base; `auto` weights are nf4-merged for adapters trained on a 4-bit base."""
+    device = device or default_device()
+    torch_dtype = resolve_dtype(dtype, device)
     if weights == "auto":
         weights = "nf4-merged" if recipe.get("load_in_4bit") else "merged"
-    quantization = four_bit_config(recipe, dtype) if weights.startswith("nf4") else None
+    quantization = four_bit_config(recipe, torch_dtype) if weights.startswith("nf4") else None
     if quantization is not None:
-        dtype = quantization.bnb_4bit_compute_dtype  # the unquantized layers too, as in training
-    return weights, dict(dtype=dtype, device=device, merge=weights != "nf4", quantization_config=quantization)
+        torch_dtype = quantization.bnb_4bit_compute_dtype  # the unquantized layers too, as in training
+    return LoadSettings(weights, torch_dtype, device, merge=weights != "nf4", quantization_config=quantization)
 
 
 def load_for_generation(

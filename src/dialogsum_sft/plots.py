@@ -5,14 +5,10 @@ from __future__ import annotations
 import json
 import os
 
-import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-
-matplotlib.use("Agg")  # files only: no display on training machines
-
-import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
-
-from .rouge import ROUGE_NAMES, ROUGE_TYPES, check_scores  # noqa: E402
+from .rouge import ROUGE_NAMES, ROUGE_TYPES, check_scores
 
 
 def plot_loss(trainer_state: dict | str | os.PathLike, out_png: str | os.PathLike) -> str:
@@ -34,7 +30,7 @@ def plot_loss(trainer_state: dict | str | os.PathLike, out_png: str | os.PathLik
             f"nothing to plot: {source} log_history has no 'loss' or 'eval_loss' entries "
             "(was training logged, e.g. logging_steps > 0?)"
         )
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = _figure((7, 4.2))
     if train:
         ax.plot(*zip(*train), label="train loss", color="tab:blue", linewidth=1.5)
     if evals:
@@ -55,7 +51,7 @@ def plot_rouge(metrics: dict, out_png: str | os.PathLike) -> str:
         check_scores(metrics["base"], "metrics['base']")
         models.insert(0, ("base", metrics["base"], "tab:gray"))
     width = 0.8 / len(models)
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = _figure((7, 4.2))
     for index, (label, scores, color) in enumerate(models):
         values = [scores["mean_over_references"][rouge_type] for rouge_type in ROUGE_TYPES]
         positions = [x + (index - (len(models) - 1) / 2) * width for x in range(len(ROUGE_TYPES))]
@@ -85,7 +81,7 @@ def plot_benchmark(
             raise ValueError(f"benchmark row {index} '{value_key}' is not a number: {row[value_key]!r}")
     labels = [str(row[label_key]) for row in rows]
     values = [row[value_key] for row in rows]
-    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * len(rows)))
+    fig, ax = _figure((7, 1.2 + 0.45 * len(rows)))
     bars = ax.barh(range(len(rows)), values, color="tab:blue")
     ax.bar_label(bars, labels=[_format_number(value) for value in values], padding=3, fontsize=9)
     ax.set_yticks(range(len(rows)), labels)
@@ -101,10 +97,16 @@ def _format_number(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"  # 12,345 tokens/s; 12.3 GB
 
 
+def _figure(figsize: tuple[float, float]):
+    """A figure drawn by Agg without pyplot: no global backend switch, no figure left open in pyplot's registry."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
 def _save(fig, out_png: str | os.PathLike) -> str:
     out_png = os.fspath(out_png)
     os.makedirs(os.path.dirname(out_png) or ".", exist_ok=True)
     fig.tight_layout()
     fig.savefig(out_png, dpi=120, format="png")
-    plt.close(fig)
     return out_png
