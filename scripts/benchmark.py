@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from dialogsum_sft.errors import run_cli
+from dialogsum_sft.errors import ArgumentParser, run_cli
 from dialogsum_sft.runinfo import run_info
 
 
@@ -270,7 +270,7 @@ def _tokenizer_stub():
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
     parser.add_argument("--steps", type=int, default=10, help="measured optimizer steps per set-up")
     parser.add_argument("--warmup", type=int, default=3)

@@ -13,34 +13,30 @@ import sys
 
 import yaml
 
-from dialogsum_sft import artifacts
-from dialogsum_sft.attention import register_varlen_attention
-from dialogsum_sft.configs import (
-    base_model_hub_id,
-    check_attention_for_packing,
-    check_gpu,
-    parse_recipe,
-    prepare_trainer_args,
-)
 from dialogsum_sft.data import format_report, load_dialogsum, prepare_for_training
 from dialogsum_sft.errors import (
     Interrupted,
     UnreachableError,
+    check_model_dir,
     check_model_source,
     explain_load_error,
     run_cli,
     signal_name,
 )
 from dialogsum_sft.logs import setup_logging
-from dialogsum_sft.model import load_tokenizer
-from dialogsum_sft.trainer import QLoRASFTTrainer
+from dialogsum_sft.preflight import check_recipe_argv
 
 
 logger = logging.getLogger("sft")
 
 
 def main(argv=None):
-    script_args, training_args, model_args, recipe = parse_recipe(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    check_recipe_argv(argv)  # a bad recipe fails here, in well under a second, before torch and TRL load
+    from dialogsum_sft import artifacts
+    from dialogsum_sft.configs import parse_recipe
+
+    script_args, training_args, model_args, recipe = parse_recipe(argv)
     setup_logging(training_args)
     if training_args.hub_token:
         # The Trainer pickles its arguments into training_args.bin (output dir and every checkpoint). Training never
@@ -54,10 +50,19 @@ def main(argv=None):
 
 
 def train(script_args, training_args, model_args, recipe):
+    from trl import get_peft_config, get_quantization_config
+
+    from dialogsum_sft import artifacts
+    from dialogsum_sft.attention import register_varlen_attention
+    from dialogsum_sft.configs import base_model_hub_id, check_attention_for_packing, check_gpu, prepare_trainer_args
+    from dialogsum_sft.model import load_tokenizer
+    from dialogsum_sft.trainer import QLoRASFTTrainer
+
     ###################
     # 1. Checks that need no weights
     ###################
     check_model_source(model_args.model_name_or_path)
+    check_model_dir(model_args.model_name_or_path)
     hub_id = base_model_hub_id(model_args)
     check_attention_for_packing(training_args, model_args)
     if not script_args.dry_run:
@@ -97,8 +102,6 @@ def train(script_args, training_args, model_args, recipe):
     ###################
     # 3. Model and trainer (TRL loads the 4-bit base and wraps it with LoRA)
     ###################
-    from trl import get_peft_config, get_quantization_config
-
     register_varlen_attention()  # `attn_implementation: sdpa_varlen` in a recipe
     prepare_trainer_args(training_args, model_args)
     try:

@@ -123,3 +123,12 @@ def test_open_adapter_uses_the_local_base_from_the_recipe_and_checks_the_fit(tmp
     (tmp_path / "small-vocab" / "config.json").write_text(json.dumps({**config, "vocab_size": 32000}))
     with pytest.raises(ModelError, match="base model mismatch: .*vocabulary has 32000 tokens"):
         open_adapter(str(tmp_path / "adapter"), base_model=str(tmp_path / "small-vocab"))
+
+
+def test_adapter_file_names_are_peft_s():
+    from peft.utils import constants
+
+    from dialogsum_sft import adapters
+
+    assert adapters.ADAPTER_CONFIG == constants.CONFIG_NAME
+    assert adapters.ADAPTER_WEIGHTS == constants.SAFETENSORS_WEIGHTS_NAME

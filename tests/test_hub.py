@@ -126,7 +126,7 @@ def test_missing_repo_and_malformed_ids(hub_server, output_dir):
         resolve_adapter("bad--name/adapter")
     with pytest.raises(HubError, match=r"^invalid repo id 'a/b/c': "):
         push_folder(output_dir, "a/b/c", token=TOKEN)
-    with pytest.raises(HubError, match="^missing-dir is neither an existing local directory nor a Hub repo id"):
+    with pytest.raises(HubError, match="^adapter directory not found: missing-dir \\(nor is it a Hub repo id"):
         resolve_adapter("missing-dir")
 
 

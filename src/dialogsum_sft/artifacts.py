@@ -20,7 +20,7 @@ from contextlib import contextmanager
 import yaml
 
 from .adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS  # noqa: F401  (artifacts.ADAPTER_CONFIG in tests)
-from .errors import RecipeError, TrainingError
+from .errors import RecipeError, TrainingError, check_output_path
 from .runinfo import run_info
 
 
@@ -73,6 +73,7 @@ def hold_output_dir(output_dir: str) -> Iterator[None]:
     a stale lock file never blocks a rerun. A directory this call created and that holds nothing but the lock is
     removed again, so a run that failed early leaves nothing behind.
     """
+    check_output_path(output_dir, "output_dir")
     created = not os.path.isdir(output_dir)
     handle = _lock(output_dir)
     try:

@@ -7,18 +7,17 @@ that no dataclass knows (in the YAML or on the command line) fails at once, nami
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import enum
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import trl
-import yaml
 
+from . import preflight
 from .data import DATASET_HUB_ID
 from .distributed import check_recipe_for_launcher, let_peft_find_adapters_under_fsdp
 from .errors import RecipeError, is_local_path
+from .preflight import load_recipe_file
 
 
 # Keys that must never be written to disk or printed.
@@ -82,6 +81,9 @@ class RecipeParser(trl.TrlParser):
 
     def __init__(self):
         super().__init__(DATACLASSES)
+        # For preflight's check of the raw recipe, next time, before the heavy imports.
+        preflight.save_options({option: action.dest for action in self._actions for option in action.option_strings
+                                if action.dest != "help"})
 
     def error(self, message):  # argparse calls this instead of raising; we want one line, not usage + exit
         raise RecipeError(message)
@@ -90,9 +92,7 @@ class RecipeParser(trl.TrlParser):
         return [action.dest for action in self._actions if action.dest != "help"]
 
     def _unknown_key_error(self, key: str, where: str) -> RecipeError:
-        close = difflib.get_close_matches(key, self.known_keys(), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        return RecipeError(f"unknown key '{key}' {where}{hint}")
+        return preflight.unknown_key_error(key, where, self.known_keys())
 
     def _check_types(self, config: dict[str, Any], path: str) -> None:
         actions = {action.dest: action for action in self._actions}
@@ -156,24 +156,6 @@ class RecipeParser(trl.TrlParser):
         return script_args, training_args, model_args, resolved_recipe(keys, *parsed)
 
 
-def load_recipe_file(path: str) -> dict[str, Any]:
-    if not os.path.isfile(path):
-        raise RecipeError(f"recipe file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            config = yaml.safe_load(handle)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise RecipeError(f"{path} is not valid YAML{where}: {problem}") from err
-    except UnicodeDecodeError as err:
-        raise RecipeError(f"{path} is not UTF-8 text: {err.reason} at byte {err.start}") from err
-    if not isinstance(config, dict):
-        raise RecipeError(f"{path} must be a YAML mapping of keys to values")
-    return config
-
-
 def validate(script_args: ScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> None:
     if not model_args.model_name_or_path:
         raise RecipeError("model_name_or_path is not set: name a Hub id or a local model directory")
@@ -207,41 +189,12 @@ def validate(script_args: ScriptArguments, training_args: SFTConfig, model_args:
             raise RecipeError(f"{name} must be at least 1; got {value}")
     check_values(training_args, model_args)
     check_recipe_for_launcher(training_args, model_args)
-
-
-# The system prompt, instruction and chat template alone take 60-90 tokens: a shorter max_length drops every row.
-MIN_MAX_LENGTH = 64
-# Values TRL and the Trainer reject only once the model has loaded (or accept, and train nothing or nonsense).
-AT_LEAST = {
-    "per_device_train_batch_size": 1, "per_device_eval_batch_size": 1, "gradient_accumulation_steps": 1,
-    "lora_r": 1, "max_length": MIN_MAX_LENGTH, "warmup_steps": 0, "weight_decay": 0, "max_grad_norm": 0,
-    "dataloader_num_workers": 0, "save_total_limit": 1,
-}
-ABOVE_ZERO = ("learning_rate", "lora_alpha")
+    if training_args.resume_from_checkpoint:
+        preflight.check_checkpoint(training_args.resume_from_checkpoint)
 
 
 def check_values(training_args: SFTConfig, model_args: ModelConfig) -> None:
-    def value_of(name):
-        owner = training_args if hasattr(training_args, name) else model_args
-        return getattr(owner, name)
-
-    for name, minimum in AT_LEAST.items():
-        value = value_of(name)
-        if value is not None and value < minimum:
-            raise RecipeError(f"{name} must be at least {minimum}; got {value}")
-    for name in ABOVE_ZERO:
-        if value_of(name) <= 0:
-            raise RecipeError(f"{name} must be above 0; got {value_of(name)}")
-    if not 0 <= model_args.lora_dropout < 1:
-        raise RecipeError(f"lora_dropout must be in [0, 1); got {model_args.lora_dropout}")
-    if training_args.max_steps <= 0 and training_args.num_train_epochs <= 0:
-        raise RecipeError(f"num_train_epochs must be above 0 when max_steps is not set; got "
-                          f"{training_args.num_train_epochs}: the run would make no optimizer step")
-    for name, strategy in (("save_steps", "save_strategy"), ("eval_steps", "eval_strategy"),
-                           ("logging_steps", "logging_strategy")):
-        value = getattr(training_args, name)
-        if getattr(training_args, strategy) == "steps" and value is not None and value <= 0:
-            raise RecipeError(f"{name} must be above 0 with {strategy}: steps; got {value}")
+    preflight.check_values(lambda name: getattr(training_args if hasattr(training_args, name) else model_args, name))
 
 
 # Attention implementations that keep padding-free / packed sequences apart: flash attention and this project's

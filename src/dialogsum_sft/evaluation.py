@@ -91,6 +91,8 @@ def evaluate(
     """Generate with the zero-shot base (unless `with_base` is False) and the fine-tuned model, score, write."""
     dataset_name = dataset or adapter.recipe.get("dataset_name") or DATASET_HUB_ID
     rows = load_rows(dataset_name, split, max_samples)
+    logger.info(f"{len(rows)} {split} dialogues from {dataset_name}; base model: {adapter.base_model} "
+                f"({adapter.base_model_source})")
     dialogues = [row["dialogue"] for row in rows]
     tuned = tuned_settings(adapter.recipe, options.weights, options.dtype)
     predictions, timing = {"base": None}, {}
