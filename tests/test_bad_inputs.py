@@ -28,13 +28,9 @@ DIALOGUE = "#Person1#: Is this seat taken?\n#Person2#: No, go ahead.\n"
 
 
 @pytest.fixture(scope="module")
-def base_dir(tmp_path_factory, smollm2_dir):
-    return tiny_llama(tmp_path_factory.mktemp("bad-inputs-base"), smollm2_dir)
-
-
-@pytest.fixture(scope="module")
-def adapter_dir(tmp_path_factory, base_dir):
-    return tiny_adapter(tmp_path_factory.mktemp("bad-inputs-adapter"), base_dir)
+def tiny_base_and_adapter(tmp_path_factory, smollm2_dir) -> tuple[str, str]:
+    base = tiny_llama(tmp_path_factory.mktemp("bad-inputs-base"), smollm2_dir)
+    return base, tiny_adapter(tmp_path_factory.mktemp("bad-inputs-adapter"), base)
 
 
 @dataclass
@@ -261,9 +257,10 @@ def finished_files(location: Path) -> list[str]:
 
 @pytest.mark.parametrize("argv, mention", [case[1:] for case in CASES], ids=[case[0] for case in CASES])
 def test_bad_input_is_one_error_line_and_leaves_nothing_finished(
-    argv, mention, tmp_path, small_data_dir, tiny_model_dir, base_dir, adapter_dir
+    argv, mention, tmp_path, small_data_dir, tiny_model_dir, tiny_base_and_adapter
 ):
-    scratch = Scratch(tmp=tmp_path, data=small_data_dir, model=tiny_model_dir, base=base_dir, adapter=adapter_dir)
+    base, adapter = tiny_base_and_adapter
+    scratch = Scratch(tmp=tmp_path, data=small_data_dir, model=tiny_model_dir, base=base, adapter=adapter)
     script, *args = argv(scratch)
     before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
 
