@@ -30,7 +30,7 @@ model: $(BIN)/.installed
 llama-cpp: $(BIN)/.installed
 	$(BIN)/python -c "from dialogsum_sft.export import build_llama_cpp; print(build_llama_cpp())"
 
-# A short CPU run of the embedded recipe, then base vs fine-tuned on 8 held-out dialogues (about 10 minutes on two
+# A short CPU run of the embedded recipe, then base vs fine-tuned on 8 held-out dialogues (under 4 minutes on two
 # cores). What the GPU sweep found (docs/benchmarks.md) makes 16 steps enough for the format: learning rate 1e-3 and
 # LoRA rank 64; the shortest dialogues (max_length 224 keeps about a fifth of them) make each step cheap.
 demo: install

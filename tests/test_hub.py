@@ -159,7 +159,9 @@ def test_unreachable_hub_is_one_clear_line(hub_server, output_dir, caplog, monke
     with pytest.raises(HubError, match=f"^cannot reach the Hub at {hub_server.url}: ") as push_err:
         push_folder(output_dir, REPO, token=TOKEN)
     assert len(attempts) == 1  # a refused connection is not retried
-    with pytest.raises(HubError, match=f"^cannot reach the Hub at {hub_server.url}: ") as download_err:
+    # A name that is no local directory and cannot be looked up on the Hub: both are said, the directory first.
+    with pytest.raises(HubError, match=f"^adapter directory not found: {REPO}, and the Hub, where it would be a repo "
+                                       f"id, is not reachable \\(cannot reach the Hub at {hub_server.url}: ") as download_err:
         resolve_adapter(REPO, token=TOKEN)
     for err in (push_err.value, download_err.value):
         assert "\n" not in str(err)
