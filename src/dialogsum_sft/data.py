@@ -64,13 +64,17 @@ def load_dialogsum(name_or_dir: str, splits: tuple[str, ...] = SPLITS, token: st
         # Read here, not by datasets' JSON builder: every bad line is reported with its file and number.
         dataset = {split: Dataset.from_list(rows) for split, rows in check_local_splits(name_or_dir, splits).items()}
     else:
-        if looks_like_path(name_or_dir):  # Hub ids are `name` or `org/name`
-            raise DataError(f"dataset directory not found: {name_or_dir}")
+        check_dataset_source(name_or_dir)
         dataset = _load_from_hub(name_or_dir, splits, token)
     dataset = DatasetDict({split: dataset[split] for split in splits})
     for split, rows in dataset.items():
         validate_rows(rows, split)
     return dataset
+
+
+def check_dataset_source(name: str) -> None:
+    if not os.path.isdir(name) and looks_like_path(name):  # Hub ids are `name` or `org/name`
+        raise DataError(f"dataset directory not found: {name}")
 
 
 def check_local_splits(folder: str, splits) -> dict[str, list[dict]]:

@@ -153,7 +153,7 @@ def check_recipe_argv(argv: list[str]) -> None:
 
 def check_paths(values: dict[str, Any]) -> None:
     """The local model, data, checkpoint and output locations the recipe names (Hub ids are left to the loaders)."""
-    from .data import check_local_splits
+    from .data import check_dataset_source, check_local_splits
     from .errors import check_model_dir, check_model_source, check_output_path
 
     model = values.get("model_name_or_path")
@@ -161,6 +161,8 @@ def check_paths(values: dict[str, Any]) -> None:
         check_model_source(model)
         check_model_dir(model)
     dataset = values.get("dataset_name")
+    if isinstance(dataset, str) and dataset:
+        check_dataset_source(dataset)
     if isinstance(dataset, str) and os.path.isdir(dataset):
         splits = [values.get("dataset_train_split") or "train"]
         if str(values.get("eval_strategy")).lower() != "no":
