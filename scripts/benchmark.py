@@ -6,6 +6,8 @@ lengths, and reports real (non-padding) tokens per second after warm-up and the 
 
     python scripts/benchmark.py --output results/benchmark.json                 # every set-up
     python scripts/benchmark.py --setups seed ours-fast --steps 20 --output x.json
+    python scripts/benchmark.py --setups --generation_methods dynamic:64 static:256 continuous:512 \
+        --output gen.json                                                       # generation speed only
 """
 
 import argparse
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import time
 
+from dialogsum_sft.decoding import DECODING_METHODS, method_and_batch
 from dialogsum_sft.errors import ArgumentParser, run_cli
 from dialogsum_sft.runinfo import run_info
 
@@ -28,6 +31,7 @@ LLAMA_32_3B = dict(
                          high_freq_factor=4.0, original_max_position_embeddings=8192),
 )
 PAD_ID = 128004  # <|finetune_right_pad_id|>
+GENERATION = "generation-"  # `--one` name of a generation-speed process: generation-<decoding method>
 
 # TRL SFTTrainer with this project's LoRA (r16 on all linear layers) and no checkpointing; set-ups change from here.
 TRL = dict(trainer="trl", batch=32, accum=1, checkpointing=False, optim="adamw_torch_fused", r=16, dropout=0.05,
@@ -73,6 +77,10 @@ SETUPS = {
                                       {**FAST, "fused": True, "liger": True, "compile": True}),
     "lean-fused-liger-b32": ("lean: padding-free 32, gradient checkpointing, fused + Liger, lora_dropout 0",
                              {**FAST, "batch": 32, "checkpointing": True, "fused": True, "liger": True}),
+    "lean-fused-liger-b40": ("lean: padding-free 40, gradient checkpointing, fused + Liger, lora_dropout 0",
+                             {**FAST, "batch": 40, "checkpointing": True, "fused": True, "liger": True}),
+    "lean-fused-liger-b48": ("lean: padding-free 48, gradient checkpointing, fused + Liger, lora_dropout 0",
+                             {**FAST, "batch": 48, "checkpointing": True, "fused": True, "liger": True}),
     "lean-fused-liger-b64": ("lean: padding-free 64, gradient checkpointing, fused + Liger, lora_dropout 0",
                              {**FAST, "checkpointing": True, "fused": True, "liger": True}),
     "lean-fused-liger-offload-b16": ("lean: padding-free 16, TRL's activation_offloading instead of "
@@ -203,44 +211,47 @@ def run_setup(name: str, model_dir: str, lengths: list[tuple[int, int]], steps: 
     }
 
 
-def generation_speed(model_dir: str, lengths: list[tuple[int, int]], dialogues: int, batch: int) -> dict:
-    """Evaluation speed of the 3B shape: greedy generation as scripts/evaluate.py runs it (bf16 weights with the
-    adapter merged, left-padded batches, longest prompts first). Random weights never emit a stop token, so every
-    summary runs to the median real summary length instead."""
+def generation_speed(model_dir: str, lengths: list[tuple[int, int]], dialogues: int, method: str,
+                     batches: list[int]) -> list[dict]:
+    """Evaluation speed of the 3B shape by one decoding method (dialogsum_sft.decoding) at each batch size: bf16
+    weights (an adapter merged, as scripts/evaluate.py runs it). Random weights never emit a stop token, so every
+    summary runs to the median real summary length instead. Two passes over the same prompts per batch size: the
+    first includes the warm-up (CUDA kernels, torch.compile, CUDA graphs), the second is the steady speed."""
     import statistics
 
     import torch
-    from transformers import AutoModelForCausalLM, GenerationConfig
+    from transformers import AutoModelForCausalLM
+
+    from dialogsum_sft.decoding import DECODING_METHODS, decode
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, device_map={"": 0}).eval()
     new_tokens = int(statistics.median(completion for _, completion in lengths))
-    prompts = sorted((prompt for prompt, _ in lengths[:dialogues]), reverse=True)
     generator = torch.Generator().manual_seed(0)
-    config = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                              pad_token_id=PAD_ID, eos_token_id=LLAMA_32_3B["eos_token_id"])
-
-    def run(chunk):
-        longest = max(chunk)
-        ids = torch.full((len(chunk), longest), PAD_ID)
-        mask = torch.zeros((len(chunk), longest), dtype=torch.long)
-        for row, length in enumerate(chunk):
-            ids[row, longest - length:] = torch.randint(1000, 128000, (length,), generator=generator)
-            mask[row, longest - length:] = 1
-        with torch.inference_mode():
-            model.generate(input_ids=ids.cuda(), attention_mask=mask.cuda(), generation_config=config)
-
-    run(prompts[:batch])  # warm-up
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for first in range(0, len(prompts), batch):
-        run(prompts[first:first + batch])
-    torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    return {"setup": "generation", "description": f"greedy generation, bf16 merged weights, batches of {batch}, "
-            f"{new_tokens} new tokens per dialogue (the median DialogSum summary)", "dialogues": len(prompts),
-            "new_tokens": new_tokens, "batch": batch, "seconds": round(seconds, 2),
-            "dialogues_per_second": round(len(prompts) / seconds, 2),
-            "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+    prompts = [torch.randint(1000, 128000, (prompt,), generator=generator).tolist()
+               for prompt, _ in lengths[:dialogues]]
+    rows = []
+    for batch in batches:
+        torch.cuda.reset_peak_memory_stats()
+        seconds = []
+        for _ in range(2):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            decoded = decode(model, prompts, stop_ids=[], pad_id=PAD_ID, max_new_tokens=new_tokens,
+                             batch_size=batch, method=method)
+            torch.cuda.synchronize()
+            seconds.append(time.perf_counter() - start)
+            assert all(len(d.tokens) == new_tokens for d in decoded), "a summary did not run to max_new_tokens"
+        rows.append({"setup": f"generation-{method}-b{batch}", "description": f"greedy generation, bf16 merged "
+                     f"weights, {DECODING_METHODS[method]}, batches of {batch}, {new_tokens} new tokens per "
+                     "dialogue (the median DialogSum summary)", "method": method, "dialogues": len(prompts),
+                     "new_tokens": new_tokens, "batch": batch, "seconds": round(seconds[1], 2),
+                     "dialogues_per_second": round(len(prompts) / seconds[1], 2),
+                     "seconds_first_pass": round(seconds[0], 2),
+                     "dialogues_per_second_first_pass": round(len(prompts) / seconds[0], 2),
+                     "warmup_seconds": round(seconds[0] - seconds[1], 2),
+                     "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)})
+        print("RESULT " + json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 class _PadOnly:
@@ -271,7 +282,8 @@ def _tokenizer_stub():
 
 def main(argv=None):
     parser = ArgumentParser(__doc__)
-    parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
+    parser.add_argument("--setups", nargs="*", default=list(SETUPS), choices=list(SETUPS),
+                        help="training set-ups (none: `--setups` alone, e.g. to measure generation only)")
     parser.add_argument("--steps", type=int, default=10, help="measured optimizer steps per set-up")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rows", type=int, default=2048, help="DialogSum training rows whose lengths are used")
@@ -281,6 +293,11 @@ def main(argv=None):
     parser.add_argument("--model_dir", default="/tmp/llama-3.2-3b-random")
     parser.add_argument("--generation_dialogues", type=int, default=512,
                         help="dialogues for the generation-speed measurement (0: skip it)")
+    parser.add_argument("--generation_methods", nargs="+", default=[("dynamic", 64)], type=method_and_batch,
+                        help="METHOD:BATCH runs of the generation speed (methods: %s; batch: rows per generate "
+                        "call, or for continuous the most sequences decoded together), each method in its own "
+                        "process" % ", ".join(DECODING_METHODS))
+    parser.add_argument("--generation_batches", nargs="+", type=int, help=argparse.SUPPRESS)  # internal, with --one
     parser.add_argument("--profile", help="internal: profile file of the set-up run with --one")
     parser.add_argument("--profile_setup", help="write a torch.profiler table of this set-up (2 extra steps after the "
                         "measured ones) next to --output")
@@ -295,11 +312,12 @@ def main(argv=None):
     if args.one:
         with open(lengths_file) as handle:
             lengths = json.load(handle)
-        if args.one == "generation":
-            result = generation_speed(args.model_dir, lengths, args.generation_dialogues, batch=64)
+        if args.one.startswith(GENERATION):  # prints a result line per batch size, as each finishes
+            generation_speed(args.model_dir, lengths, args.generation_dialogues, args.one[len(GENERATION):],
+                             args.generation_batches)
         else:
             result = run_setup(args.one, args.model_dir, lengths, args.steps, args.warmup, args.profile)
-        print("RESULT " + json.dumps(result), flush=True)
+            print("RESULT " + json.dumps(result), flush=True)
         return
 
     started = time.perf_counter()
@@ -307,10 +325,16 @@ def main(argv=None):
     with open(lengths_file, "w") as handle:
         json.dump(dialogsum_lengths(args.data, args.tokenizer, args.rows), handle)
     results = []
-    for name in args.setups + (["generation"] if args.generation_dialogues else []):
+    batches = {}  # method: its batch sizes, in the order given
+    for method, batch in args.generation_methods:
+        batches.setdefault(method, []).append(batch)
+    generation = [GENERATION + method for method in batches] if args.generation_dialogues else []
+    for name in args.setups + generation:
         command = [sys.executable, __file__, "--one", name, "--steps", str(args.steps), "--warmup", str(args.warmup),
                    "--generation_dialogues", str(args.generation_dialogues), "--model_dir", args.model_dir,
                    "--output", args.output]
+        if name in generation:
+            command += ["--generation_batches", *map(str, batches[name[len(GENERATION):]])]
         if name == args.profile_setup:
             command += ["--profile", os.path.splitext(args.output)[0] + f"-profile-{name}.txt"]
         left = None if args.time_budget is None else args.time_budget - (time.perf_counter() - started)
@@ -319,19 +343,21 @@ def main(argv=None):
             continue
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=left)
-            stdout, stderr = done.stdout, done.stderr
+            stdout, stderr, failed = done.stdout, done.stderr, done.returncode != 0
         except subprocess.TimeoutExpired as err:
-            stdout, stderr = "", f"error: stopped at the time budget ({args.time_budget} s)\n{err.stderr or ''}"
-        line = next((line for line in stdout.splitlines() if line.startswith("RESULT ")), None)
-        if line is None:
+            stdout = err.stdout.decode() if isinstance(err.stdout, bytes) else err.stdout or ""
+            stderr, failed = f"error: stopped at the time budget ({args.time_budget} s)\n{err.stderr or ''}", True
+        rows = [json.loads(line[len("RESULT "):]) for line in stdout.splitlines() if line.startswith("RESULT ")]
+        # A generation process reports each batch size as it finishes: keep those, and say where it stopped.
+        if not rows or (failed and name.startswith(GENERATION)):
             lines = [line for line in stderr.splitlines() if "Error" in line or "error" in line]
             error = (lines or stderr.strip().splitlines() or ["no output"])[-1]
             description = SETUPS[name][0] if name in SETUPS else "greedy generation"
-            results.append({"setup": name, "description": description, "error": error[:500]})
-        else:
-            results.append(json.loads(line[len("RESULT "):]))
+            rows.append({"setup": name, "description": description, "error": error[:500]})
+        results += rows
         add_peer_ratios(results)
-        print(json.dumps(results[-1]), flush=True)
+        for row in rows:
+            print(json.dumps(row), flush=True)
         with open(args.output, "w") as handle:
             json.dump({"model": "Llama-3.2-3B shape, random weights, 4-bit NF4", **run_info(), "results": results},
                       handle, indent=2)

@@ -7,15 +7,16 @@
     python scripts/evaluate.py outputs/run --push_only                   # publish an evaluated adapter as is
 
 Writes eval_results.json (metrics in the shape card.EvalMetrics documents), eval_results.md, predictions.jsonl,
-rouge.png and loss.png to --output_dir (default: <adapter dir>/eval, or ./eval-<name> for a Hub adapter). The
-zero-shot base runs in bf16 (GPU) or float32 (CPU). The fine-tuned model, by default, merges the adapter into the
-base weights rounded to NF4 exactly as training saw them (--weights; docs/benchmarks.md compares the choices).
+report.html (every dialogue with both summaries, sortable and filterable), rouge.png and loss.png to
+--output_dir (default: <adapter dir>/eval, or ./eval-<name> for a Hub adapter). The zero-shot base runs in bf16
+(GPU) or float32 (CPU). The fine-tuned model, by default, merges the adapter into the base weights rounded to NF4
+exactly as training saw them (--weights; docs/benchmarks.md compares the choices).
 """
 
 from pathlib import Path
 
 from dialogsum_sft.adapters import open_adapter, read_recipe
-from dialogsum_sft.card import rouge_table
+from dialogsum_sft.card import rouge_table, stats_table
 from dialogsum_sft.data import DATASET_HUB_ID
 from dialogsum_sft.errors import ArgumentParser, UserError, check_output_path, run_cli
 from dialogsum_sft.evaluation import RESULTS, default_output_dir, evaluate
@@ -35,6 +36,9 @@ def parse_args(argv):
                                           f"else {DATASET_HUB_ID})")
     parser.add_argument("--split", default="test", choices=("test", "validation"))
     parser.add_argument("--max_samples", type=int, help="evaluate only the first N unique dialogues")
+    parser.add_argument("--named_speakers", action="store_true",
+                        help="evaluate the split with every #PersonN# tag replaced by a first name, in the dialogue "
+                             "and its references alike (how the model does on chats that name their speakers)")
     add_generation_arguments(parser, batch_size=64,
                              batch_size_help="prompts generated together (a 3B model in bf16 peaks at about 22 GiB "
                                              "with 64)")
@@ -82,8 +86,9 @@ def main(argv=None):
     check_output_path(output_dir, "--output_dir")
 
     metrics = evaluate(adapter, output_dir, options, adapter_name=args.adapter, revision=args.revision,
-                       dataset=args.dataset, split=args.split, max_samples=args.max_samples, with_base=not args.no_base)
-    print("\n".join(rouge_table(metrics)))
+                       dataset=args.dataset, split=args.split, max_samples=args.max_samples,
+                       with_base=not args.no_base, named_speakers=args.named_speakers)
+    print("\n".join(rouge_table(metrics) + [""] + stats_table(metrics)))
     print(f"results in {output_dir}")
     if repo_id:
         push(args, adapter.directory, output_dir, repo_id)

@@ -67,7 +67,7 @@ for config in $configs; do
   start=$(date +%s)
   PROBE_DIR=$probe python -m accelerate.commands.launch --config_file "accelerate_configs/$config.yaml" --num_processes 1 \
     "$probes/probe.py" scripts/sft.py recipes/smollm2-135m-gpu.yaml --dataset_name "$data" --report_to none \
-    --max_steps 60 --eval_strategy no --save_steps 30 --output_dir "$run" >"$probe/train.log" 2>&1
+    --max_steps 60 --eval_strategy no --load_best_model_at_end false --rouge_eval_samples 0 --metric_for_best_model loss --save_steps 30 --output_dir "$run" >"$probe/train.log" 2>&1
   echo "$config: train exit $? after $(( $(date +%s) - start )) s"
   if [ -f "$run/run_results.json" ]; then
     python scripts/evaluate.py "$run" --dataset "$data" --split validation --no_base --max_samples 100 \

@@ -56,7 +56,9 @@ def train(script_args, training_args, model_args, recipe):
     from dialogsum_sft.attention import register_varlen_attention
     from dialogsum_sft.configs import base_model_hub_id, check_attention_for_packing, check_gpu, prepare_trainer_args
     from dialogsum_sft.model import load_tokenizer
+    from dialogsum_sft.speakers import name_speakers_in_rows
     from dialogsum_sft.trainer import QLoRASFTTrainer
+    from dialogsum_sft.training_rouge import TrainingRouge
 
     ###################
     # 1. Checks that need no weights
@@ -87,7 +89,13 @@ def train(script_args, training_args, model_args, recipe):
     limits = {script_args.dataset_train_split: script_args.max_train_samples,
               script_args.dataset_test_split: script_args.max_eval_samples}
     reports = {}
+    rouge_rows = None  # the eval split as loaded, for ROUGE while training (prepare_for_training converts it)
     if dataset is not None and tokenizer is not None:
+        if training_args.rouge_eval_samples:
+            rouge_rows = dataset[script_args.dataset_test_split]
+        train_split = script_args.dataset_train_split
+        dataset[train_split] = name_speakers_in_rows(dataset[train_split], script_args.named_speakers_fraction,
+                                                     training_args.seed)
         reports = prepare_for_training(dataset, tokenizer, limits, training_args.max_length)
 
     if script_args.dry_run:
@@ -116,6 +124,8 @@ def train(script_args, training_args, model_args, recipe):
         )
     except Exception as err:
         raise explain_load_error(err, model_args.model_name_or_path) from err
+    if rouge_rows is not None:
+        trainer.training_rouge = TrainingRouge.for_trainer(trainer, rouge_rows)
 
     ###################
     # 4. Train, resuming from the last complete checkpoint of an interrupted run

@@ -81,7 +81,7 @@ def main(argv=None):
     # 4. Summaries
     ###################
     summaries = summarize(model, adapter.tokenizer, dialogues, batch_size=options.batch_size,
-                          max_new_tokens=options.max_new_tokens, stop_ids=adapter.stop_ids,
+                          max_new_tokens=options.max_new_tokens, stop_ids=adapter.stop_ids, decoding=options.decoding,
                           progress=sys.stderr.isatty())
     if rows is not None:
         lines = [json.dumps({**row, "summary": summary}, ensure_ascii=False) for row, summary in zip(rows, summaries)]

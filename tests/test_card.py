@@ -189,3 +189,18 @@ def test_invalid_metrics_and_plot_paths_are_rejected():
         make_card(plots=["/tmp/loss.png"])
     with pytest.raises(ValueError, match="relative to the repository root"):
         make_card(plots=["../loss.png"])
+
+
+def test_generation_stats_and_examples_are_shown_with_model_text_made_inert():
+    stats = {"num_summaries": 500, "empty": 0, "empty_share": 0.0, "cut": 4, "cut_share": 0.008, "invented": 1,
+             "invented_share": 0.002, "mean_words": 21.3, "length_ratio": 0.98}
+    examples = [{"id": f"test_{i}", "dialogue": f"#Person1#: Hi {i}.\n#Person2#: Hello.",
+                 "references": ["#Person1# greets #Person2#.", "They greet."], "base": "They *talk* <b>loudly</b>",
+                 "tuned": f"#Person1# greets #Person2# | {i}"} for i in range(3)]
+    text = make_card(metrics={**make_metrics(), "stats": {"base": stats, "tuned": stats}, "examples": examples}).text
+    assert "| generation | base | fine-tuned |" in text and "| cut at max_new_tokens | 4 (0.80%) | 4 (0.80%) |" in text
+    assert "| length ratio to references (words) | 0.98 | 0.98 |" in text
+    assert text.count("```text\n#Person1#: Hi") == 3 and "**test_2**" in text
+    assert "- fine-tuned: #Person1# greets #Person2# \\| 1" in text
+    assert r"- base: They \*talk\* \<b\>loudly\</b\>" in text and "<b>" not in text
+    assert "### Examples" not in make_card().text and "| generation |" not in make_card().text

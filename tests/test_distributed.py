@@ -125,8 +125,8 @@ def test_recipes_fit_sharded_qlora(recipe):
     assert "use_reentrant" not in (config.get("gradient_checkpointing_kwargs") or {})
 
 
-# Runs scripts/sft.py unchanged, with TRL's SFTTrainer subclassed to record, on every rank, the rows it trained on
-# and the adapter it ended with.
+# Runs scripts/sft.py unchanged, with TRL's SFTTrainer subclassed to record, on every rank, the rows it trained on,
+# the metrics of its evaluations and the adapter it ended with.
 PROBE = '''
 import json, os, runpy, sys
 
@@ -140,10 +140,16 @@ class ProbedSFTTrainer(trl.SFTTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.rows_seen = []
+        self.evaluations = []
 
     def training_step(self, model, inputs, *args, **kwargs):
         self.rows_seen.append(inputs["input_ids"].sum(dim=1).tolist())  # one fingerprint per row
         return super().training_step(model, inputs, *args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        metrics = super().evaluate(*args, **kwargs)
+        self.evaluations.append(metrics)
+        return metrics
 
     def save_model(self, output_dir=None, _internal_call=False):
         if not _internal_call:
@@ -153,6 +159,7 @@ class ProbedSFTTrainer(trl.SFTTrainer):
             with open(path + ".json", "w") as handle:
                 json.dump({
                     "rows_seen": self.rows_seen,
+                    "evaluations": self.evaluations,
                     "world_size": self.accelerator.num_processes,
                     "backend": torch.distributed.get_backend(),
                     "linear4bit": any(type(m).__name__ == "Linear4bit" for m in self.model.modules()),
@@ -170,7 +177,12 @@ STEPS = 3
 TRAIN_ROWS = 16
 
 
-def probed_sft_command(tmp_path, launcher_args, tiny_model_dir, small_data_dir):
+# ROUGE while training: 3 dialogues, so two ranks summarize unequal shares (2 and 1); evaluated at the last step.
+ROUGE_ARGS = ["--eval_strategy", "steps", "--eval_steps", str(STEPS), "--max_eval_samples", "2",
+              "--rouge_eval_samples", "3", "--rouge_eval_max_new_tokens", "8"]
+
+
+def probed_sft_command(tmp_path, launcher_args, tiny_model_dir, small_data_dir, extra=()):
     """`accelerate launch` of scripts/sft.py, through PROBE, on the tiny model (ddp.yaml on CPU)."""
     probe = tmp_path / "probe.py"
     probe.write_text(PROBE, encoding="utf-8")
@@ -184,7 +196,7 @@ def probed_sft_command(tmp_path, launcher_args, tiny_model_dir, small_data_dir):
         "--model_name_or_path", tiny_model_dir, "--base_model_hub_id", "org/tiny", "--dataset_name", small_data_dir,
         "--max_train_samples", str(TRAIN_ROWS), "--max_steps", str(STEPS),
         "--per_device_train_batch_size", str(PER_DEVICE_BATCH), "--gradient_accumulation_steps", "1",
-        "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none",
+        "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none", *extra,
         "--use_cpu", "true", "--bf16", "false", "--output_dir", str(tmp_path / "out"),
         # As the multi-GPU recipes train, with use_reentrant left to TRL/transformers: reentrant checkpointing
         # under DDP fails with "Expected to mark a variable ready only once" (trl#4782).
@@ -197,7 +209,7 @@ def probe_env(tmp_path):
     return {**os.environ, "PYTHONPATH": os.path.join(ROOT, "src"), "HF_HUB_OFFLINE": "1", "PROBE_DIR": str(tmp_path)}
 
 
-def check_ranks_trained_one_adapter(tmp_path):
+def check_ranks_trained_one_adapter(tmp_path, rouge_evaluations=0):
     """Both ranks saw their own rows, ended with equal adapters, and rank 0 published exactly that adapter."""
     output_dir = tmp_path / "out"
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
@@ -220,6 +232,13 @@ def check_ranks_trained_one_adapter(tmp_path):
     lora_b = [tensor for name, tensor in saved.items() if "lora_B" in name]
     assert lora_b and all(tensor.abs().sum() > 0 for tensor in lora_b)
 
+    # Every evaluation (with ROUGE_ARGS: at the last step, then sft.py's final one) scored ROUGE identically on
+    # both ranks.
+    rouge = [[{k: v for k, v in metrics.items() if k.startswith("eval_rouge")} for metrics in info["evaluations"]]
+             for info in ranks]
+    assert len(rouge[0]) == rouge_evaluations and all(len(metrics) == 5 for metrics in rouge[0])
+    assert rouge[0] == rouge[1]
+
     # Epochs count the global batch: 2 processes x 2 rows x 3 steps = 12 of 16 rows (one process would give 0.375).
     state = json.loads((output_dir / "trainer_state.json").read_text())
     assert state["global_step"] == STEPS
@@ -230,10 +249,10 @@ def check_ranks_trained_one_adapter(tmp_path):
 
 def test_two_process_ddp_run_stays_in_sync_and_saves_a_complete_adapter(tmp_path, tiny_model_dir, small_data_dir):
     command = probed_sft_command(tmp_path, ["--num_processes", "2", "--main_process_port", "0"], tiny_model_dir,
-                                 small_data_dir)
+                                 small_data_dir, extra=ROUGE_ARGS)
     result = subprocess.run(command, cwd=ROOT, env=probe_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
-    check_ranks_trained_one_adapter(tmp_path)
+    check_ranks_trained_one_adapter(tmp_path, rouge_evaluations=2)
 
 
 def free_local_port() -> int:
@@ -360,7 +379,9 @@ def test_shipped_recipe_passes_every_engine(monkeypatch, env):
     (ZERO3_ENV, ["--bnb_4bit_quant_storage", "uint8"], "DeepSpeed ZeRO-3 shards 4-bit weights only"),
     ({**FSDP_ENV, "FSDP_VERSION": "2"}, [], "FSDP2 (fsdp_version: 2) mis-decodes"),
     ({**FSDP_ENV, "FSDP_STATE_DICT_TYPE": "SHARDED_STATE_DICT"}, [], "only for FULL_STATE_DICT"),
-], ids=["fsdp-uint8", "zero3-uint8", "fsdp2-4bit", "fsdp-sharded-save"])
+    (FSDP_ENV, ["--fused_lora", "true", "--lora_dropout", "0"], "which FSDP shards: pass --fused_lora false"),
+    (ZERO3_ENV, ["--fused_lora", "true", "--lora_dropout", "0"], "which ZeRO-3 shards: pass --fused_lora false"),
+], ids=["fsdp-uint8", "zero3-uint8", "fsdp2-4bit", "fsdp-sharded-save", "fsdp-fused", "zero3-fused"])
 def test_bad_engine_combinations_fail_in_the_recipe_check(monkeypatch, env, argv, words):
     with pytest.raises(RecipeError, match=re.escape(words)):
         parse_under(monkeypatch, env, *argv)

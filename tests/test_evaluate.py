@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from dialogsum_sft.adapters import open_adapter
-from dialogsum_sft.generation import base_settings, summarize, tuned_settings
+from dialogsum_sft.generation import base_settings, generate_summaries, tuned_settings
+from dialogsum_sft.speakers import speaker_tags
 from helpers import BASE_HUB_ID, ROOT, error_lines, run_script, tiny_adapter, tiny_llama
 from hub_server import TOKEN
 
@@ -87,17 +88,36 @@ def test_evaluate_writes_every_file_with_base_and_tuned_from_separate_models(
     assert tuned.weights == metrics["generation"]["tuned_weights"] == "nf4-merged"
     for name, folder, settings in (("base", None, base_settings("float32", "cpu")), ("tuned", adapter_dir, tuned)):
         model = settings.load(base_dir, folder)
-        expected = summarize(model, adapter.tokenizer, dialogues, batch_size=2, max_new_tokens=8,
-                             stop_ids=adapter.stop_ids, progress=False)
-        assert [row[name] for row in rows] == expected
+        expected = generate_summaries(model, adapter.tokenizer, dialogues, batch_size=2, max_new_tokens=8,
+                                      stop_ids=adapter.stop_ids, progress=False)
+        assert [(row[name], row[f"{name}_stopped"]) for row in rows] == [(s.text, s.stopped) for s in expected]
+        # Random weights never stop within 8 tokens: every summary is cut, and the stats say so.
+        assert metrics["stats"][name]["cut"] == 3 and metrics["stats"][name]["num_summaries"] == 3
     assert all(row["base"] != row["tuned"] for row in rows)
+    assert metrics["examples"] == [{key: row[key] for key in ("id", "dialogue", "references", "base", "tuned")}
+                                   for row in rows]
+    assert metrics["speakers"] == "tags" and metrics["generation"]["decoding"] == "dynamic"
 
     report = open(os.path.join(eval_dir, "eval_results.md"), encoding="utf-8").read()
     assert "base, mean over references" in report and "fine-tuned, best of references" in report
+    assert "| cut at max_new_tokens | 3 (100.00%) | 3 (100.00%) |" in report
+    page = open(os.path.join(eval_dir, "report.html"), encoding="utf-8").read()
+    assert page.count("<article ") == 3 and page.count('src="data:image/png;base64,') == 2  # rouge.png, loss.png
     for plot in ("rouge.png", "loss.png"):
         with open(os.path.join(eval_dir, plot), "rb") as handle:
             assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
-    assert "| ROUGE-1 |" in result.stdout
+    assert "| ROUGE-1 |" in result.stdout and "| empty |" in result.stdout
+
+
+def test_named_speakers_evaluates_the_split_with_names_for_tags(tmp_path, adapter_dir):
+    result = run_script("evaluate.py", adapter_dir, "--split", "validation", "--max_samples", 2, "--no_base",
+                        "--named_speakers", "--output_dir", tmp_path, *GENERATION, env=FAST)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "eval_results.json").read_text())
+    assert metrics["speakers"] == "named" and metrics["base"] is None and "base" not in metrics["stats"]
+    rows = read_jsonl(tmp_path / "predictions.jsonl")
+    assert len(rows) == 2 and not any(speaker_tags(row["dialogue"] + " ".join(row["references"])) for row in rows)
+    assert "named-speaker variant" in (tmp_path / "eval_results.md").read_text()
 
 
 def test_base_model_that_does_not_fit_the_adapter_is_a_one_line_error(tmp_path, adapter_dir, smollm2_dir):
@@ -131,6 +151,8 @@ def test_push_only_publishes_adapter_card_and_metrics_and_nothing_else(
     assert set(files) == PUBLISHED | {".gitattributes"}
     card = files["README.md"].decode()
     assert f"base_model: {BASE_HUB_ID}" in card and "![rouge](rouge.png)" in card
+    assert "| cut at max_new_tokens | 3 (100.00%) | 3 (100.00%) |" in card and "### Examples" in card
+    assert card.count("- fine-tuned: ") == 3
     assert not any(TOKEN.encode() in content for content in files.values())
     assert TOKEN not in result.stdout + result.stderr
 

@@ -17,6 +17,9 @@ from helpers import ROOT, error_lines, run_script
 from hub_server import TOKEN
 
 
+SMOLLM2_HUB_ID = embedded.get_model(embedded.DEFAULT_MODEL).hub_id
+
+
 DIALOGUE = ("#Person1#: Are you coming to the picnic on Saturday?\n#Person2#: I'd love to, but I work until noon. "
             "Can I join you after that?\n#Person1#: Sure, we'll be at the lake until five.")
 FORMATS = ("merged", "gguf-f16", "gguf-q8_0", "gguf-q4_k_m")
@@ -44,10 +47,10 @@ def adapter_dir(tmp_path_factory, smollm2_dir):
         for name, parameter in model.named_parameters():
             if "lora_B" in name:
                 parameter.normal_(std=0.02)  # changes the outputs but keeps the model's greedy choices clear
-    model.peft_config["default"].base_model_name_or_path = embedded.HUB_ID
+    model.peft_config["default"].base_model_name_or_path = SMOLLM2_HUB_ID
     model.save_pretrained(folder, save_embedding_layers=False)
     load_tokenizer(smollm2_dir).save_pretrained(folder)
-    recipe = {"model_name_or_path": smollm2_dir, "base_model_hub_id": embedded.HUB_ID, "load_in_4bit": True,
+    recipe = {"model_name_or_path": smollm2_dir, "base_model_hub_id": SMOLLM2_HUB_ID, "load_in_4bit": True,
               "bnb_4bit_quant_type": "nf4", "use_bnb_nested_quant": True, "dtype": "bfloat16"}
     (folder / "recipe.yaml").write_text(json.dumps(recipe))
     return folder
@@ -166,7 +169,7 @@ def test_push_publishes_gguf_modelfile_and_card_in_one_commit(hub_server, tmp_pa
     assert set(files) == {f"{STEM}-q8_0.gguf", "Modelfile", "README.md", ".gitattributes"}
     assert len(hub_server.commits(repo)) == 2  # repo creation, then the whole export
     card = files["README.md"].decode()
-    assert f"base_model: {embedded.HUB_ID}" in card and "base_model_relation: quantized" in card
+    assert f"base_model: {SMOLLM2_HUB_ID}" in card and "base_model_relation: quantized" in card
     assert "ollama create" in card and "llama-cli -m" in card
     assert TOKEN not in result.stdout + result.stderr
     assert not any(TOKEN.encode() in content for content in files.values())

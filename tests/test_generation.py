@@ -9,7 +9,14 @@ import torch
 from dialogsum_sft.adapters import open_adapter
 from dialogsum_sft.data import render_prompt
 from dialogsum_sft.errors import ModelError
-from dialogsum_sft.generation import four_bit_config, load_for_generation, summarize
+from dialogsum_sft.generation import (
+    DECODINGS,
+    Summary,
+    four_bit_config,
+    generate_summaries,
+    load_for_generation,
+    summarize,
+)
 from dialogsum_sft.model import load_tokenizer
 from helpers import BASE_HUB_ID, tiny_adapter, tiny_llama
 
@@ -132,3 +139,23 @@ def test_adapter_file_names_are_peft_s():
 
     assert adapters.ADAPTER_CONFIG == constants.CONFIG_NAME
     assert adapters.ADAPTER_WEIGHTS == constants.SAFETENSORS_WEIGHTS_NAME
+
+
+def test_stop_flags_and_every_decoding_give_the_same_summaries(base):
+    model, tokenizer = base
+    ids = tokenizer(render_prompt(tokenizer, DIALOGUES[0]), add_special_tokens=False, return_tensors="pt")
+    first = model.generate(**ids, max_new_tokens=1, do_sample=False, eos_token_id=[NEVER],
+                           pad_token_id=tokenizer.pad_token_id)[0, -1].item()  # DIALOGUES[0]'s first new token
+    results = {decoding: generate_summaries(model, tokenizer, DIALOGUES, batch_size=2, max_new_tokens=10,
+                                            stop_ids=[first, NEVER], progress=False, decoding=decoding)
+               for decoding in DECODINGS}
+    dynamic = results["dynamic"]
+    assert dynamic[0] == Summary("", True)  # stopped at once: empty, but not cut
+    assert not all(summary.stopped for summary in dynamic)  # the others ran to max_new_tokens
+    assert [summary.text for summary in dynamic] == summarize(model, tokenizer, DIALOGUES, batch_size=2,
+                                                              max_new_tokens=10, stop_ids=[first, NEVER],
+                                                              progress=False)
+    for decoding, summaries in results.items():
+        assert summaries == dynamic, decoding
+    with pytest.raises(ValueError, match="decoding must be one of dynamic, static, continuous"):
+        generate_summaries(model, tokenizer, DIALOGUES, batch_size=2, stop_ids=[NEVER], decoding="beam")

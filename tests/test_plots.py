@@ -73,3 +73,13 @@ def test_plot_benchmark(tmp_path):
         plot_benchmark([], tmp_path / "empty.png", "tokens_per_s", "setup", "t")
     with pytest.raises(ValueError, match="row 0 has no 'peak_gb'"):
         plot_benchmark(rows, tmp_path / "bad.png", "peak_gb", "setup", "t")
+
+
+def test_plot_loss_adds_a_rouge_panel_when_training_logged_rouge(tmp_path):
+    state = trainer_state()
+    for entry in state["log_history"]:
+        if "eval_loss" in entry:
+            entry.update(eval_rouge1=30.0 + entry["step"] / 10, eval_rouge2=9.0, eval_rougeL=25.0)
+    plain = matplotlib.image.imread(plot_loss(trainer_state(), tmp_path / "plain.png"))
+    with_rouge = matplotlib.image.imread(plot_loss(state, tmp_path / "rouge.png"))
+    assert with_rouge.shape[1] > 1.5 * plain.shape[1]  # a second panel beside the loss

@@ -2,7 +2,7 @@
 
 import pytest
 
-from dialogsum_sft.rouge import PROTOCOL, check_scores, score, split_sentences
+from dialogsum_sft.rouge import PROTOCOL, check_scores, score, score_each, split_sentences
 
 
 def test_single_pair_matches_hand_computed_values():
@@ -88,3 +88,12 @@ def test_check_scores_names_what_is_missing():
         check_scores(good, "tuned")
     with pytest.raises(ValueError, match="no 'mean_over_references'"):
         check_scores({}, "base")
+
+
+def test_score_each_is_the_mean_over_each_dialogues_references():
+    # The dialogues of the mean-over-references test: R1 (2/3 + 1) / 2 = 83.33 and 1/2; R2 (4/7 + 1) / 2 = 78.57, 0
+    each = score_each(["the cat sat", "a dog"], [["the cat sat on the mat", "the cat sat"], ["a cat"]])
+    assert [(row["rouge1"], row["rouge2"]) for row in each] == [(83.33, 78.57), (50.0, 0.0)]
+    assert set(each[0]) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
+    with pytest.raises(ValueError, match="1 predictions but 2 reference lists"):
+        score_each(["x"], [["a"], ["b"]])

@@ -7,6 +7,7 @@ training table lists the settings it holds, so keys left at their TRL defaults d
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import TypedDict
 
@@ -15,6 +16,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from .data import CHAT_TEMPLATE_KWARGS, DATASET_HUB_ID, INSTRUCTION, SYSTEM_PROMPT
 from .errors import is_local_path
 from .rouge import PROTOCOLS, ROUGE_NAMES, ROUGE_TYPES, check_scores
+from .stats import format_stats
 
 
 DATA_LICENSE = "cc-by-nc-sa-4.0"
@@ -47,6 +49,12 @@ class EvalMetrics(TypedDict, total=False):
     base_model: str
     dataset: str
     max_samples: int | None
+    speakers: str  # "tags" (DialogSum's #PersonN#) or "named" (--named_speakers: tags replaced by first names)
+    stats: dict[str, dict]  # per model: stats.generation_stats (empty, cut, invented speakers, length ratio)
+    examples: list[dict]  # the split's first dialogues: id, dialogue, references, base, tuned
+
+
+EXAMPLES = 3  # dialogues shown in the card
 
 
 # Recipe keys shown in the training table, in this order, with their labels.
@@ -261,6 +269,39 @@ def rouge_table(metrics: EvalMetrics) -> list[str]:
     return table
 
 
+def stats_table(metrics: EvalMetrics) -> list[str]:
+    """The Markdown table of generation stats (`stats.generation_stats`), one column per model; [] without stats."""
+    stats = metrics.get("stats") or {}
+    models = [(label, format_stats(stats[key])) for key, label in (("base", "base"), ("tuned", "fine-tuned"))
+              if stats.get(key)]
+    if not models:
+        return []
+    table = ["| generation | " + " | ".join(label for label, _ in models) + " |", "|---" * (len(models) + 1) + "|"]
+    for name in models[0][1]:
+        table.append(f"| {name} | " + " | ".join(shown[name] for _, shown in models) + " |")
+    return table
+
+
+def _examples(metrics: EvalMetrics) -> list[str]:
+    examples = metrics.get("examples") or []
+    if not examples:
+        return []
+    lines = ["", "### Examples", "", f"The first {len(examples)} dialogues of the {metrics.get('split', 'test')} "
+             "split, not chosen by score."]
+    for example in examples:
+        lines += ["", f"**{example['id']}**", "", "```text", example["dialogue"].strip(), "```", ""]
+        lines += [f"- reference: {_markdown_text(ref)}" for ref in example["references"]]
+        if example.get("base") is not None:
+            lines.append(f"- base: {_markdown_text(example['base'])}")
+        lines.append(f"- fine-tuned: {_markdown_text(example['tuned'])}")
+    return lines
+
+
+def _markdown_text(text: str) -> str:
+    """Model output as inert Markdown: no HTML, no emphasis or links, one line."""
+    return re.sub(r"([\\`*_\[\]<>|])", r"\\\1", " ".join(text.split())) or "*(empty)*"
+
+
 def _evaluation(metrics: EvalMetrics, plots: Sequence[str]) -> str:
     table = rouge_table(metrics)
     counts = ""
@@ -279,6 +320,11 @@ def _evaluation(metrics: EvalMetrics, plots: Sequence[str]) -> str:
     ]
     if metrics.get("base") is None:
         lines += ["", "The base model was not evaluated in this run."]
+    if stats_table(metrics):
+        lines += ["", "Generation stats: summaries that came out empty, that hit `max_new_tokens` without an "
+                  "end-of-turn token (cut off), that name a speaker the dialogue does not have (an invented "
+                  "`#PersonN#` tag or name), and their length relative to the references.", "",
+                  *stats_table(metrics)]
     if metrics.get("protocol"):
         lines += ["", f"Protocol: {_sentence(metrics['protocol'])}"]
     if metrics.get("generation"):
@@ -287,6 +333,7 @@ def _evaluation(metrics: EvalMetrics, plots: Sequence[str]) -> str:
     for plot in plots:
         alt = plot.replace("\\", "/").split("/")[-1].rsplit(".", 1)[0].replace("_", " ").replace("-", " ")
         lines += ["", f"![{alt}]({plot})"]
+    lines += _examples(metrics)
     return "\n".join(lines)
 
 

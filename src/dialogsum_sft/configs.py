@@ -35,6 +35,11 @@ class ScriptArguments(trl.ScriptArguments):
         default=None, metadata={"help": "Keep only the first N training rows (smoke tests, demos)."}
     )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N eval rows."})
+    named_speakers_fraction: float = field(
+        default=0.0,
+        metadata={"help": "Share of training rows whose #PersonN# tags become first names, in dialogue and summary "
+                          "alike (chosen by seed and row id), so the model learns to use the names a chat gives."},
+    )
     dry_run: bool = field(
         default=False,
         metadata={"help": "Validate the recipe, print the configuration and data statistics, load no weights."},
@@ -57,7 +62,16 @@ class ModelConfig(trl.ModelConfig):
 
 @dataclass
 class SFTConfig(trl.SFTConfig):
-    """TRL's SFTConfig; kept as our own type so recipe-level defaults have one home."""
+    """TRL's SFTConfig, plus ROUGE of generated summaries at every evaluation (training_rouge.py)."""
+
+    rouge_eval_samples: int = field(
+        default=0,
+        metadata={"help": "At every evaluation also summarize the first N eval-split dialogues and log "
+                          "eval_rouge1/2/L/Lsum (usable as metric_for_best_model: eval_rouge2); 0: off."},
+    )
+    rouge_eval_max_new_tokens: int = field(
+        default=128, metadata={"help": "max_new_tokens of those summaries (evaluate.py's default)."}
+    )
 
     fused_lora: bool = field(
         default=False,
@@ -171,6 +185,17 @@ def validate(script_args: ScriptArguments, training_args: SFTConfig, model_args:
             "assistant_only_loss needs {% generation %} markers most chat templates lack; the data is "
             "prompt/completion, so the loss already covers only the summary (leave assistant_only_loss unset)"
         )
+    if not 0 <= script_args.named_speakers_fraction <= 1:
+        raise RecipeError("named_speakers_fraction must be between 0 and 1; "
+                          f"got {script_args.named_speakers_fraction}")
+    if training_args.rouge_eval_samples < 0:
+        raise RecipeError(f"rouge_eval_samples must be 0 (off) or more; got {training_args.rouge_eval_samples}")
+    if training_args.rouge_eval_samples and training_args.eval_strategy == "no":
+        raise RecipeError("rouge_eval_samples runs at each evaluation: set eval_strategy (steps or epoch)")
+    best = (training_args.metric_for_best_model or "").removeprefix("eval_")
+    if best.startswith("rouge") and not training_args.rouge_eval_samples:
+        raise RecipeError(f"metric_for_best_model {training_args.metric_for_best_model} needs rouge_eval_samples "
+                          "> 0 (the dialogues summarized at each evaluation)")
     if training_args.fused_lora:
         if not model_args.load_in_4bit:
             raise RecipeError("fused_lora: true fuses 4-bit LoRA projections: set load_in_4bit: true")

@@ -19,9 +19,11 @@ REQUIRED_COLUMNS = ("id", "dialogue", "summary")
 TEXT_COLUMNS = ("dialogue", "summary")
 
 SYSTEM_PROMPT = "You are a helpful assistant that writes short, faithful summaries of dialogues."
+# "As the dialogue names them": a DialogSum tag (#Person1#) or a name ("Anna: ..."); training rows with names
+# (`named_speakers_fraction`, speakers.py) teach the model both, so it does not invent tags for named chats.
 INSTRUCTION = (
     "Summarize the following dialogue in one to three sentences. "
-    "Refer to the speakers by their tags, such as #Person1# and #Person2#."
+    "Refer to the speakers as the dialogue names them."
 )
 # Llama 3.x templates stamp "Today Date" into the system turn; pinning it keeps tokens identical across days.
 # Templates that do not use the variable ignore it.

@@ -50,6 +50,13 @@ def check_recipe_for_launcher(training_args, model_args) -> None:
             f"fsdp_state_dict_type is {os.environ['FSDP_STATE_DICT_TYPE']}: the Trainer writes the adapter file "
             "only for FULL_STATE_DICT; set it in the accelerate config (accelerate_configs/fsdp_qlora.yaml)"
         )
+    if engine in ("fsdp", "zero3") and getattr(training_args, "fused_lora", False):
+        # Both shard the LoRA weights, which the fused path reads directly instead of through the modules' hooks; on
+        # the H200, fsdp_qlora.yaml with fused_lora failed in the optimizer step (tensors of mixed devices/dtypes).
+        raise RecipeError(
+            f"fused_lora reads the LoRA weights directly, which {'FSDP' if engine == 'fsdp' else 'ZeRO-3'} shards: "
+            "pass --fused_lora false (DDP and ZeRO-2 keep it)"
+        )
     if not model_args.load_in_4bit:
         return
     if engine == "fsdp" and os.environ.get("FSDP_VERSION", "1") == "2":

@@ -1,7 +1,9 @@
 """ROUGE of a trained adapter on DialogSum against its zero-shot base: generate, score, write the results.
 
-`evaluate` writes to its output directory predictions.jsonl, eval_results.md, rouge.png, loss.png (when the
-adapter dir has a trainer_state.json) and eval_results.json last: its presence means the evaluation is complete.
+`evaluate` writes to its output directory predictions.jsonl (with each summary's stop flag), eval_results.md,
+rouge.png, loss.png (when the adapter dir has a trainer_state.json), report.html (the human-evaluation page,
+report.py) and eval_results.json last: its presence means the evaluation is complete. Besides ROUGE the results
+hold generation stats (stats.py) and the first dialogues as examples for the card.
 """
 
 from __future__ import annotations
@@ -15,13 +17,25 @@ from pathlib import Path
 from huggingface_hub.utils.sha import sha_fileobj
 
 from .adapters import ADAPTER_WEIGHTS, Adapter
-from .card import EvalMetrics, rouge_table
+from .card import EXAMPLES, EvalMetrics, rouge_table, stats_table
 from .data import DATASET_HUB_ID, load_dialogsum, unique_dialogues
 from .errors import DataError
-from .generation import TUNED_WEIGHTS, GenerationOptions, LoadSettings, base_settings, summarize, tuned_settings
+from .generation import (
+    TUNED_WEIGHTS,
+    GenerationOptions,
+    LoadSettings,
+    Summary,
+    base_settings,
+    generate_summaries,
+    tuned_settings,
+)
 from .plots import plot_loss, plot_rouge
+from .report import REPORT as HTML_REPORT
+from .report import write_report as write_html_report
 from .rouge import PROTOCOL, PROTOCOLS, score
 from .runinfo import run_info
+from .speakers import named_variant
+from .stats import generation_stats
 
 
 logger = logging.getLogger(__name__)
@@ -54,7 +68,7 @@ def load_rows(dataset_name: str, split: str, max_samples: int | None) -> list[di
 
 
 def generate(label: str, adapter: Adapter, adapter_dir: Path | None, dialogues: list[str], options: GenerationOptions,
-             settings: LoadSettings) -> tuple[list[str], dict]:
+             settings: LoadSettings) -> tuple[list[Summary], dict]:
     """Summaries and timing of one model, loaded fresh and freed before the next one loads."""
     import torch
 
@@ -62,8 +76,9 @@ def generate(label: str, adapter: Adapter, adapter_dir: Path | None, dialogues: 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    summaries = summarize(model, adapter.tokenizer, dialogues, batch_size=options.batch_size,
-                          max_new_tokens=options.max_new_tokens, stop_ids=adapter.stop_ids)
+    summaries = generate_summaries(model, adapter.tokenizer, dialogues, batch_size=options.batch_size,
+                                   max_new_tokens=options.max_new_tokens, stop_ids=adapter.stop_ids,
+                                   decoding=options.decoding)
     seconds = time.perf_counter() - start
     timing = {"seconds": round(seconds, 2), "dialogues_per_second": round(len(dialogues) / seconds, 3)}
     if torch.cuda.is_available():
@@ -87,10 +102,16 @@ def evaluate(
     split: str = "test",
     max_samples: int | None = None,
     with_base: bool = True,
+    named_speakers: bool = False,
 ) -> EvalMetrics:
-    """Generate with the zero-shot base (unless `with_base` is False) and the fine-tuned model, score, write."""
+    """Generate with the zero-shot base (unless `with_base` is False) and the fine-tuned model, score, write.
+
+    `named_speakers` evaluates the split's named-speaker variant (`speakers.named_variant`: every #PersonN# tag a
+    first name, in the dialogue and its references alike)."""
     dataset_name = dataset or adapter.recipe.get("dataset_name") or DATASET_HUB_ID
     rows = load_rows(dataset_name, split, max_samples)
+    if named_speakers:
+        rows = named_variant(rows)
     logger.info(f"{len(rows)} {split} dialogues from {dataset_name}; base model: {adapter.base_model} "
                 f"({adapter.base_model_source})")
     dialogues = [row["dialogue"] for row in rows]
@@ -102,7 +123,14 @@ def evaluate(
     predictions["tuned"], timing["tuned"] = generate("fine-tuned", adapter, adapter.directory, dialogues, options,
                                                      tuned)
     references = [row["references"] for row in rows]
-    scores = {name: score(preds, references) for name, preds in predictions.items() if preds is not None}
+    generated = {name: summaries for name, summaries in predictions.items() if summaries is not None}
+    texts = {name: [summary.text for summary in summaries] for name, summaries in generated.items()}
+    scores = {name: score(texts[name], references) for name in generated}
+    stats = {name: generation_stats(texts[name], references, dialogues, [summary.stopped for summary in summaries])
+             for name, summaries in generated.items()}
+    written = [{**row, "base": texts["base"][index] if "base" in texts else None, "tuned": texts["tuned"][index],
+                **{f"{name}_stopped": generated[name][index].stopped for name in generated}}
+               for index, row in enumerate(rows)]
     metrics: EvalMetrics = {
         "split": split,
         "num_dialogues": scores["tuned"]["num_dialogues"],
@@ -114,7 +142,7 @@ def evaluate(
             "max_new_tokens": options.max_new_tokens, "do_sample": False, "num_beams": 1,
             "stop_token_ids": adapter.stop_ids, "batch_size": options.batch_size,
             "dtype": str(tuned.dtype).split(".")[-1], "tuned_weights": tuned.weights,
-            "tuned_weights_description": TUNED_WEIGHTS[tuned.weights],
+            "tuned_weights_description": TUNED_WEIGHTS[tuned.weights], "decoding": options.decoding,
         },
         "adapter": adapter_name,
         "adapter_revision": revision,
@@ -124,20 +152,25 @@ def evaluate(
         "dataset": dataset_name,
         "max_samples": max_samples,
         "timing": timing,
+        "speakers": "named" if named_speakers else "tags",
+        "stats": stats,
+        "examples": [{key: row[key] for key in ("id", "dialogue", "references", "base", "tuned")}
+                     for row in written[:EXAMPLES]],
         **run_info(),
     }
-    write_results(metrics, rows, predictions, adapter.directory, output_dir)
+    write_results(metrics, written, adapter.directory, output_dir)
     return metrics
 
 
-def write_results(metrics: EvalMetrics, rows: list[dict], predictions: dict, adapter_dir: Path, output_dir: Path):
+def write_results(metrics: EvalMetrics, rows: list[dict], adapter_dir: Path, output_dir: Path):
+    """`rows`: predictions.jsonl's, one per dialogue with its references, base and tuned summaries, stop flags."""
     output_dir.mkdir(parents=True, exist_ok=True)
     with open(output_dir / PREDICTIONS, "w", encoding="utf-8") as handle:
-        for index, row in enumerate(rows):
-            base = predictions["base"][index] if predictions["base"] is not None else None
-            handle.write(json.dumps({**row, "base": base, "tuned": predictions["tuned"][index]}) + "\n")
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
     write_report(metrics, output_dir / REPORT)
-    write_plots(metrics, adapter_dir, output_dir)
+    plots = write_plots(metrics, adapter_dir, output_dir)
+    write_html_report(output_dir / HTML_REPORT, metrics, rows, [output_dir / plot for plot in plots])
     with open(output_dir / RESULTS, "w", encoding="utf-8") as handle:  # last: its presence means complete
         json.dump(metrics, handle, indent=2)
 
@@ -146,8 +179,9 @@ def write_report(metrics: EvalMetrics, path: Path) -> None:
     timing = ", ".join(f"{name} {t['seconds']:.1f} s ({t['dialogues_per_second']:.3g} dialogues/s)"
                        for name, t in metrics["timing"].items())
     settings = ", ".join(f"`{key}={value}`" for key, value in metrics["generation"].items())
+    speakers = " (named-speaker variant: tags replaced by names)" if metrics.get("speakers") == "named" else ""
     lines = [
-        f"# DialogSum {metrics['split']}: base vs fine-tuned",
+        f"# DialogSum {metrics['split']}{speakers}: base vs fine-tuned",
         "",
         f"Adapter `{metrics['adapter']}` on base `{metrics['base_model']}` ({metrics['base_model_hub_id']}); "
         f"{metrics['num_dialogues']} dialogues, {metrics['num_pairs']} dialogue-reference pairs. "
@@ -155,6 +189,8 @@ def write_report(metrics: EvalMetrics, path: Path) -> None:
         "comparable with it.",
         "",
         *rouge_table(metrics),
+        "",
+        *stats_table(metrics),
         "",
         f"Protocol: {metrics['protocol']}.",
         "",

@@ -13,13 +13,11 @@ Precision: the adapter was trained on a 4-bit (NF4) base. Three ways to load it 
 from __future__ import annotations
 
 import argparse
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from .data import render_prompt
+from .decoding import DECODING_METHODS, decode
 from .errors import ModelError, UserError, explain_load_error
 
 
@@ -40,13 +38,14 @@ class GenerationOptions:
     max_new_tokens: int = 128
     dtype: str = "auto"  # a DTYPES name; auto: bfloat16 on GPU, float32 on CPU
     weights: str = "auto"  # a TUNED_WEIGHTS key; auto: nf4-merged for adapters trained on a 4-bit base
+    decoding: str = "dynamic"  # a DECODINGS key
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> GenerationOptions:
         for name in ("batch_size", "max_new_tokens"):
             if getattr(args, name) < 1:
                 raise UserError(f"--{name} must be at least 1; got {getattr(args, name)}")
-        return cls(args.batch_size, args.max_new_tokens, args.dtype, args.weights)
+        return cls(args.batch_size, args.max_new_tokens, args.dtype, args.weights, args.decoding)
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser, *, batch_size: int, batch_size_help: str | None = None):
@@ -57,6 +56,9 @@ def add_generation_arguments(parser: argparse.ArgumentParser, *, batch_size: int
     parser.add_argument("--weights", default="auto", choices=("auto", *TUNED_WEIGHTS),
                         help="fine-tuned weights: " + "; ".join(f"{k}: {v}" for k, v in TUNED_WEIGHTS.items())
                         + " (auto: nf4-merged for adapters trained on a 4-bit base)")
+    parser.add_argument("--decoding", default="dynamic", choices=tuple(DECODINGS),
+                        help="how summaries are decoded, all greedy: "
+                        + "; ".join(f"{k}: {v}" for k, v in DECODINGS.items()))
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,22 @@ def load_for_generation(
     return model.eval()
 
 
-def summarize(
+@dataclass(frozen=True)
+class Summary:
+    text: str
+    stopped: bool  # False: generation ran to max_new_tokens without a stop id (the summary may be cut off)
+
+
+# How summaries are decoded (decoding.py). All are greedy; tests/test_decoding.py checks they give the same tokens.
+DECODINGS = DECODING_METHODS
+
+
+def summarize(model, tokenizer, dialogues: list[str], **options) -> list[str]:
+    """One greedy summary per dialogue, in input order (`generate_summaries` without the stop flags)."""
+    return [summary.text for summary in generate_summaries(model, tokenizer, dialogues, **options)]
+
+
+def generate_summaries(
     model,
     tokenizer,
     dialogues: list[str],
@@ -165,59 +182,15 @@ def summarize(
     max_new_tokens: int = 128,
     stop_ids: list[int],
     progress: bool = True,
-) -> list[str]:
-    """One greedy summary per dialogue, in input order, prompted exactly as in training.
-
-    Prompts are generated longest first, so the batch that needs the most memory runs first (an out-of-memory
-    error comes at once, not after an hour) and each batch holds prompts of similar length (little padding).
-    Padding is on the left, so every prompt ends where generation starts.
-    """
-    import torch
-    from transformers import GenerationConfig
-
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1; got {batch_size}")
+    decoding: str = "dynamic",
+) -> list[Summary]:
+    """One greedy summary per dialogue, in input order, prompted exactly as in training, with whether it stopped."""
     if not stop_ids:
         raise ValueError("stop_ids is empty: generation would only stop at max_new_tokens")
     prompts = [render_prompt(tokenizer, dialogue) for dialogue in dialogues]
     # The chat template already writes any BOS token; adding special tokens again would double it.
     encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    order = sorted(range(len(encoded)), key=lambda index: -len(encoded[index]))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=list(stop_ids), pad_token_id=pad_id
-    )
-    device = next(model.parameters()).device
-    summaries: list[str] = [""] * len(dialogues)
-    stops = set(stop_ids)
-    with tqdm(total=len(dialogues), desc="summarizing", unit="dialogue", disable=not progress) as bar:
-        for start in range(0, len(order), batch_size):
-            indices = order[start:start + batch_size]
-            batch = tokenizer.pad(
-                {"input_ids": [encoded[index] for index in indices]}, padding=True, padding_side="left",
-                return_tensors="pt",
-            ).to(device)
-            with torch.inference_mode(), _without_model_defaults(model):
-                output = model.generate(**batch, generation_config=config)
-            for index, tokens in zip(indices, output[:, batch["input_ids"].shape[1]:].tolist()):
-                # Cut at the first stop id: what follows is padding, which need not be a special token.
-                end = next((position for position, token in enumerate(tokens) if token in stops), len(tokens))
-                summaries[index] = tokenizer.decode(tokens[:end], skip_special_tokens=True).strip()
-            bar.update(len(indices))
-    return summaries
-
-
-@contextmanager
-def _without_model_defaults(model):
-    """Hide the model's generation_config: transformers fills every field our config leaves unset from it, and Hub
-    models ship sampling settings and penalties (Qwen2.5: repetition_penalty 1.05) that would change the summaries.
-    """
-    from transformers import GenerationConfig
-
-    target = model.get_base_model() if hasattr(model, "get_base_model") else model
-    saved = target.generation_config
-    target.generation_config = GenerationConfig()
-    try:
-        yield
-    finally:
-        target.generation_config = saved
+    decoded = decode(model, encoded, stop_ids=stop_ids, pad_id=pad_id, max_new_tokens=max_new_tokens,
+                     batch_size=batch_size, method=decoding, progress=progress)
+    return [Summary(tokenizer.decode(d.tokens, skip_special_tokens=True).strip(), d.stopped) for d in decoded]

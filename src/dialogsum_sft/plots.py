@@ -12,7 +12,10 @@ from .rouge import ROUGE_NAMES, ROUGE_TYPES, check_scores
 
 
 def plot_loss(trainer_state: dict | str | os.PathLike, out_png: str | os.PathLike) -> str:
-    """Train and eval loss against the optimizer step, from a Trainer's `trainer_state.json` (path or dict)."""
+    """Train and eval loss against the optimizer step, from a Trainer's `trainer_state.json` (path or dict).
+
+    When the run logged ROUGE while training (`eval_rouge1` ..., training_rouge.py) a second panel shows it.
+    """
     if isinstance(trainer_state, dict):
         state, source = trainer_state, "trainer state"
     else:
@@ -30,7 +33,13 @@ def plot_loss(trainer_state: dict | str | os.PathLike, out_png: str | os.PathLik
             f"nothing to plot: {source} log_history has no 'loss' or 'eval_loss' entries "
             "(was training logged, e.g. logging_steps > 0?)"
         )
-    fig, ax = _figure((7, 4.2))
+    rouge = {}
+    for rouge_type in ("rouge1", "rouge2", "rougeL"):
+        points = [(entry["step"], entry[f"eval_{rouge_type}"]) for entry in history
+                  if f"eval_{rouge_type}" in entry and "step" in entry]
+        if points:
+            rouge[rouge_type] = points
+    fig, ax = _figure((12, 4.2) if rouge else (7, 4.2), panels=2 if rouge else 1)
     if train:
         ax.plot(*zip(*train), label="train loss", color="tab:blue", linewidth=1.5)
     if evals:
@@ -40,6 +49,15 @@ def plot_loss(trainer_state: dict | str | os.PathLike, out_png: str | os.PathLik
     ax.set_title("Training and evaluation loss")
     ax.grid(alpha=0.3)
     ax.legend()
+    if rouge:
+        ax = fig.add_subplot(1, 2, 2)
+        for rouge_type, points in rouge.items():
+            ax.plot(*zip(*points), label=ROUGE_NAMES[rouge_type], marker="o", linewidth=1.5)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("F-measure x100, mean over references")
+        ax.set_title("ROUGE of generated summaries while training")
+        ax.grid(alpha=0.3)
+        ax.legend()
     return _save(fig, out_png)
 
 
@@ -97,11 +115,13 @@ def _format_number(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"  # 12,345 tokens/s; 12.3 GB
 
 
-def _figure(figsize: tuple[float, float]):
-    """A figure drawn by Agg without pyplot: no global backend switch, no figure left open in pyplot's registry."""
+def _figure(figsize: tuple[float, float], panels: int = 1):
+    """A figure drawn by Agg without pyplot: no global backend switch, no figure left open in pyplot's registry.
+
+    Returns the figure and the axes of its first panel (of `panels` side by side)."""
     fig = Figure(figsize=figsize)
     FigureCanvasAgg(fig)
-    return fig, fig.add_subplot()
+    return fig, fig.add_subplot(1, panels, 1)
 
 
 def _save(fig, out_png: str | os.PathLike) -> str:

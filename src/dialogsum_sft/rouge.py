@@ -48,14 +48,10 @@ def score(predictions: list[str], references: list[list[str]]) -> dict:
     Returns `{"mean_over_references": {rouge_type: float}, "best_of_references": {rouge_type: float},
     "num_dialogues": int, "num_pairs": int}` with the rouge types of `ROUGE_TYPES`.
     """
-    _check_inputs(predictions, references)
-    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
     pair_sums = dict.fromkeys(ROUGE_TYPES, 0.0)
     best_sums = dict.fromkeys(ROUGE_TYPES, 0.0)
     num_pairs = 0
-    for prediction, refs in zip(predictions, references):
-        prediction = split_sentences(prediction)
-        pairs = [scorer.score(split_sentences(ref), prediction) for ref in refs]  # score(target, prediction)
+    for pairs in _pair_scores(predictions, references):
         num_pairs += len(pairs)
         for rouge_type in ROUGE_TYPES:
             values = [pair[rouge_type].fmeasure for pair in pairs]
@@ -67,6 +63,27 @@ def score(predictions: list[str], references: list[list[str]]) -> dict:
         "num_dialogues": len(predictions),
         "num_pairs": num_pairs,
     }
+
+
+def score_each(predictions: list[str], references: list[list[str]]) -> list[dict[str, float]]:
+    """Per dialogue, `{rouge_type: F x100}` averaged over its references (the mean-over-references protocol).
+
+    The mean of these weighted by each dialogue's number of references is `score`'s mean_over_references.
+    """
+    return [
+        {rouge_type: round(100 * sum(pair[rouge_type].fmeasure for pair in pairs) / len(pairs), 2)
+         for rouge_type in ROUGE_TYPES}
+        for pairs in _pair_scores(predictions, references)
+    ]
+
+
+def _pair_scores(predictions: list[str], references: list[list[str]]):
+    """Per dialogue, the rouge_score results of its prediction against each of its references."""
+    _check_inputs(predictions, references)
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    for prediction, refs in zip(predictions, references):
+        prediction = split_sentences(prediction)
+        yield [scorer.score(split_sentences(ref), prediction) for ref in refs]  # score(target, prediction)
 
 
 def _check_inputs(predictions: list[str], references: list[list[str]]) -> None:

@@ -1,4 +1,5 @@
-"""TRL's SFTTrainer, with the one fix this recipe needs to resume QLoRA runs exactly, and its speed options."""
+"""TRL's SFTTrainer, with the one fix this recipe needs to resume QLoRA runs exactly, its speed options, and ROUGE
+in its evaluations."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ logger = logging.getLogger(__name__)
 
 
 class QLoRASFTTrainer(SFTTrainer):
+    # A training_rouge.TrainingRouge set by scripts/sft.py when the recipe asks for rouge_eval_samples.
+    training_rouge = None
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         # After SFTTrainer has wrapped the model with LoRA and the Trainer has applied Liger's kernels: the fused
@@ -26,6 +30,18 @@ class QLoRASFTTrainer(SFTTrainer):
                 logger.warning("fused_lora: no 4-bit LoRA projection qualified; PEFT's path runs everywhere")
         if getattr(self.args, "compile_layers", False):
             logger.info(f"compile_layers: {compile_decoder_layers(self.model)} decoder layers compiled")
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        """The eval loss, plus the ROUGE of generated summaries: in the metrics before `evaluate` logs them, so
+        TensorBoard, trainer_state.json and `metric_for_best_model` all see them."""
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                         metric_key_prefix)
+        if self.training_rouge is not None:
+            model = self.accelerator.unwrap_model(self.model)
+            scores = self.training_rouge.evaluate(model, self.processing_class, self.accelerator)
+            output.metrics.update({f"{metric_key_prefix}_{name}": value for name, value in scores.items()})
+        return output
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         """Resume with the adapter in the dtype training used.
