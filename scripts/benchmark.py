@@ -18,7 +18,7 @@ import sys
 import time
 
 from dialogsum_sft.decoding import DECODING_METHODS, method_and_batch
-from dialogsum_sft.errors import run_cli
+from dialogsum_sft.errors import ArgumentParser, run_cli
 from dialogsum_sft.runinfo import run_info
 
 
@@ -281,7 +281,7 @@ def _tokenizer_stub():
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--setups", nargs="*", default=list(SETUPS), choices=list(SETUPS),
                         help="training set-ups (none: `--setups` alone, e.g. to measure generation only)")
     parser.add_argument("--steps", type=int, default=10, help="measured optimizer steps per set-up")

@@ -13,14 +13,12 @@ report.html (every dialogue with both summaries, sortable and filterable), rouge
 exactly as training saw them (--weights; docs/benchmarks.md compares the choices).
 """
 
-import argparse
-import logging
 from pathlib import Path
 
 from dialogsum_sft.adapters import open_adapter, read_recipe
 from dialogsum_sft.card import rouge_table, stats_table
 from dialogsum_sft.data import DATASET_HUB_ID
-from dialogsum_sft.errors import UserError, run_cli
+from dialogsum_sft.errors import ArgumentParser, UserError, check_output_path, run_cli
 from dialogsum_sft.evaluation import RESULTS, default_output_dir, evaluate
 from dialogsum_sft.generation import GenerationOptions, add_generation_arguments
 from dialogsum_sft.hub import resolve_adapter
@@ -29,7 +27,7 @@ from dialogsum_sft.publish import STAGING_DIR, check_publishable, hub_repo_id, l
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("adapter", help="training output dir, or Hub repo id of an adapter")
     parser.add_argument("--revision", help="Hub revision of the adapter")
     parser.add_argument("--base_model", help="base model dir or Hub id (default: the local checkpoint it trained "
@@ -77,13 +75,15 @@ def main(argv=None):
         return
 
     # The adapter, its base and the Hub login are checked before any long generation.
+    if args.output_dir:
+        check_output_path(args.output_dir, "--output_dir")
     adapter = open_adapter(args.adapter, base_model=args.base_model, revision=args.revision)
-    logging.getLogger("evaluate").info(f"base model: {adapter.base_model} ({adapter.base_model_source})")
     repo_id = None
     if args.push_to_hub:
         check_publishable(adapter.directory)
         repo_id = hub_repo_id(args.hub_model_id, adapter.recipe)
     output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(args.adapter, adapter.directory)
+    check_output_path(output_dir, "--output_dir")
 
     metrics = evaluate(adapter, output_dir, options, adapter_name=args.adapter, revision=args.revision,
                        dataset=args.dataset, split=args.split, max_samples=args.max_samples,

@@ -10,16 +10,15 @@ The merged weights are the adapter folded into the base rounded to NF4 as in tra
 evaluate.py scores). The folder then runs with `llama-cli -m <file>.gguf` or `ollama create NAME -f Modelfile`.
 """
 
-import argparse
 
-from dialogsum_sft.errors import run_cli
+from dialogsum_sft.errors import ArgumentParser, run_cli
 from dialogsum_sft.export import FORMATS, LLAMA_CPP_DIR, export, push_export
 from dialogsum_sft.logs import setup_logging
 from dialogsum_sft.publish import hub_repo_id
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("adapter", help="training output dir, or Hub repo id of an adapter")
     parser.add_argument("--output_dir", required=True, help="new (or empty) folder for the export")
     parser.add_argument("--formats", nargs="+", default=["merged", "gguf-f16", "gguf-q8_0"],

@@ -4,16 +4,15 @@
     python scripts/plot_results.py                     # writes docs/*.png
 """
 
-import argparse
 import json
 import os
 
-from dialogsum_sft.errors import run_cli
+from dialogsum_sft.errors import ArgumentParser, run_cli
 from dialogsum_sft.plots import plot_benchmark, plot_loss, plot_rouge
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--benchmarks", nargs="+", help="benchmark.py outputs; a set-up in several keeps its first row",
                         default=["results/benchmark-3b.json", "results/benchmark-3b-lean-generation.json",
                                  "results/benchmark-3b-profile.json", "results/benchmark-3b-b48.json",

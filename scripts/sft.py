@@ -5,53 +5,70 @@
     python scripts/sft.py recipes/smollm2-135m.yaml --dry_run
 """
 
+import contextlib
 import json
 import logging
 import os
 import sys
 
 import yaml
-from trl import get_peft_config, get_quantization_config
 
-from dialogsum_sft import artifacts
-from dialogsum_sft.attention import register_varlen_attention
-from dialogsum_sft.configs import (
-    base_model_hub_id,
-    check_attention_for_packing,
-    check_gpu,
-    parse_recipe,
-    prepare_trainer_args,
-)
 from dialogsum_sft.data import format_report, load_dialogsum, prepare_for_training
-from dialogsum_sft.errors import UnreachableError, check_model_source, explain_load_error, run_cli
+from dialogsum_sft.errors import (
+    Interrupted,
+    UnreachableError,
+    check_model_dir,
+    check_model_source,
+    explain_load_error,
+    run_cli,
+    signal_name,
+)
 from dialogsum_sft.logs import setup_logging
-from dialogsum_sft.model import load_tokenizer
-from dialogsum_sft.speakers import name_speakers_in_rows
-from dialogsum_sft.trainer import QLoRASFTTrainer
-from dialogsum_sft.training_rouge import TrainingRouge
+from dialogsum_sft.preflight import check_recipe_argv
 
 
 logger = logging.getLogger("sft")
 
 
 def main(argv=None):
-    script_args, training_args, model_args, recipe = parse_recipe(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    check_recipe_argv(argv)  # a bad recipe fails here, in well under a second, before torch and TRL load
+    from dialogsum_sft import artifacts
+    from dialogsum_sft.configs import parse_recipe
+
+    script_args, training_args, model_args, recipe = parse_recipe(argv)
     setup_logging(training_args)
     if training_args.hub_token:
         # The Trainer pickles its arguments into training_args.bin (output dir and every checkpoint). Training never
         # pushes, so the token only authenticates downloads: hand it to huggingface_hub through the environment.
         os.environ["HF_TOKEN"] = training_args.hub_token
         training_args.hub_token = None
+    # One run per output dir; rank 0 holds it for the whole job (the launcher ends the other ranks if it refuses).
+    writes = not script_args.dry_run and training_args.process_index == 0
+    with artifacts.hold_output_dir(training_args.output_dir) if writes else contextlib.nullcontext():
+        train(script_args, training_args, model_args, recipe)
+
+
+def train(script_args, training_args, model_args, recipe):
+    from trl import get_peft_config, get_quantization_config
+
+    from dialogsum_sft import artifacts
+    from dialogsum_sft.attention import register_varlen_attention
+    from dialogsum_sft.configs import base_model_hub_id, check_attention_for_packing, check_gpu, prepare_trainer_args
+    from dialogsum_sft.model import load_tokenizer
+    from dialogsum_sft.speakers import name_speakers_in_rows
+    from dialogsum_sft.trainer import QLoRASFTTrainer
+    from dialogsum_sft.training_rouge import TrainingRouge
 
     ###################
     # 1. Checks that need no weights
     ###################
     check_model_source(model_args.model_name_or_path)
+    check_model_dir(model_args.model_name_or_path)
     hub_id = base_model_hub_id(model_args)
     check_attention_for_packing(training_args, model_args)
     if not script_args.dry_run:
         check_gpu(script_args.require_gpu)
-        artifacts.check_output_dir(training_args.output_dir)
     notes = []
 
     ###################
@@ -116,7 +133,14 @@ def main(argv=None):
     checkpoint = training_args.resume_from_checkpoint or artifacts.last_complete_checkpoint(training_args.output_dir)
     if checkpoint:
         logger.info(f"resuming from {checkpoint}")
-    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    try:
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    except KeyboardInterrupt as interrupt:
+        last = artifacts.last_complete_checkpoint(training_args.output_dir)
+        resume = f"rerun the same command to resume from {last}" if last else (
+            "no checkpoint was complete yet, so a rerun of the same command starts over")
+        raise Interrupted(f"training interrupted by {signal_name(interrupt)} at step {trainer.state.global_step}: "
+                          f"{resume}", interrupt) from None
     metrics = {**train_result.metrics, "train_samples": len(dataset[script_args.dataset_train_split])}
     if trainer.eval_dataset is not None:
         metrics.update(trainer.evaluate())

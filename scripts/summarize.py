@@ -10,14 +10,13 @@ separated by one or more blank lines. One summary is printed per dialogue, one l
 JSON lines (--jsonl FILE): rows with a `dialogue` field; each row is written back with a `summary` field added.
 """
 
-import argparse
 import json
 import logging
 import sys
 
 from dialogsum_sft.adapters import open_adapter
 from dialogsum_sft.data import read_dialogue_rows, read_dialogues
-from dialogsum_sft.errors import DataError, run_cli
+from dialogsum_sft.errors import ArgumentParser, DataError, check_output_path, run_cli
 from dialogsum_sft.generation import GenerationOptions, add_generation_arguments, summarize, tuned_settings
 from dialogsum_sft.logs import setup_logging
 
@@ -26,7 +25,7 @@ logger = logging.getLogger("summarize")
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--adapter", required=True, help="training output dir, or Hub repo id of an adapter")
     parser.add_argument("--revision", help="Hub revision of the adapter")
     parser.add_argument("--base_model", help="base model dir or Hub id (default: the local checkpoint it trained "
@@ -42,18 +41,14 @@ def parse_args(argv):
 
 def main(argv=None):
     args, options = parse_args(argv)
+    if args.output:
+        check_output_path(args.output, "--output", directory=False)
     setup_logging()
 
     ###################
-    # 1. Adapter and its base model (checked before reading stdin, which may be typed by hand)
+    # 1. Input files (before anything loads: a bad file fails in a second)
     ###################
-    adapter = open_adapter(args.adapter, base_model=args.base_model, revision=args.revision)
-    logger.info(f"base model: {adapter.base_model} ({adapter.base_model_source})")
-
-    ###################
-    # 2. Input (before the weights load: a bad file fails in seconds)
-    ###################
-    rows = None
+    rows = dialogues = None
     if args.jsonl:
         rows = read_dialogue_rows(args.jsonl)
         dialogues = [row["dialogue"] for row in rows]
@@ -63,7 +58,16 @@ def main(argv=None):
                 dialogues = read_dialogues(handle, args.input)
         except OSError as err:
             raise DataError(f"cannot read {args.input}: {err.strerror}") from err
-    else:
+        except UnicodeDecodeError as err:
+            raise DataError(f"{args.input} is not UTF-8 text ({err.reason} at byte {err.start}); re-save it as "
+                            "UTF-8") from None
+
+    ###################
+    # 2. Adapter and its base model (checked before reading stdin, which may be typed by hand)
+    ###################
+    adapter = open_adapter(args.adapter, base_model=args.base_model, revision=args.revision)
+    logger.info(f"base model: {adapter.base_model} ({adapter.base_model_source})")
+    if dialogues is None:
         if sys.stdin.isatty():
             print("reading dialogues from stdin (blank line between dialogues, Ctrl-D to end)", file=sys.stderr)
         dialogues = read_dialogues(sys.stdin, "stdin")

@@ -47,9 +47,9 @@ def test_test_split_groups_into_500_dialogues_with_3_references(data_dir):
 @pytest.mark.parametrize(
     "rows, message",
     [
-        ([{"id": "a", "text": "x", "summary": "y"}], "train split lacks column\\(s\\) dialogue \\(has id, text, summary\\)"),
-        ([{"id": "a", "dialogue": "x", "summary": "  \n"}], "train row 0 \\(id a\\) has an empty summary"),
-        ([{"id": "a", "dialogue": "", "summary": "y"}], "train row 0 \\(id a\\) has an empty dialogue"),
+        ([{"id": "a", "text": "x", "summary": "y"}], "train.jsonl line 1 has no `dialogue`$"),
+        ([{"id": "a", "dialogue": "x", "summary": "  \n"}], "train.jsonl line 1 has no `summary` text \\(a non-empty"),
+        ([{"id": "a", "dialogue": "", "summary": "y"}], "train.jsonl line 1 has no `dialogue` text"),
     ],
 )
 def test_bad_rows_fail_with_the_row_named(tmp_path, rows, message):
@@ -60,7 +60,7 @@ def test_bad_rows_fail_with_the_row_named(tmp_path, rows, message):
 
 def test_empty_split_and_missing_files(tmp_path):
     folder = write_rows(tmp_path, {"train": [{"id": "a", "dialogue": "x", "summary": "y"}], "validation": []})
-    with pytest.raises(DataError, match="validation split is empty|cannot read"):
+    with pytest.raises(DataError, match="validation.jsonl has no rows"):
         load_dialogsum(folder, ("train", "validation"))
     with pytest.raises(DataError, match="has no test.jsonl"):
         load_dialogsum(folder, ("train", "test"))

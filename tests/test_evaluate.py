@@ -192,4 +192,6 @@ def test_summarize_jsonl_adds_a_summary_to_every_row(tmp_path, evaluated, adapte
 
     (tmp_path / "bad.jsonl").write_text('{"id": 1}\n')
     result = run_script("summarize.py", "--adapter", adapter_dir, "--jsonl", tmp_path / "bad.jsonl")
-    assert error_lines(result) == [f"error: {tmp_path / 'bad.jsonl'} line 1 has no non-empty `dialogue` string"]
+    assert error_lines(result) == [
+        f"error: {tmp_path / 'bad.jsonl'} line 1 has no `dialogue` text (a non-empty string); fix or remove that row"
+    ]

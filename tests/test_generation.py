@@ -132,6 +132,15 @@ def test_open_adapter_uses_the_local_base_from_the_recipe_and_checks_the_fit(tmp
         open_adapter(str(tmp_path / "adapter"), base_model=str(tmp_path / "small-vocab"))
 
 
+def test_adapter_file_names_are_peft_s():
+    from peft.utils import constants
+
+    from dialogsum_sft import adapters
+
+    assert adapters.ADAPTER_CONFIG == constants.CONFIG_NAME
+    assert adapters.ADAPTER_WEIGHTS == constants.SAFETENSORS_WEIGHTS_NAME
+
+
 def test_stop_flags_and_every_decoding_give_the_same_summaries(base):
     model, tokenizer = base
     ids = tokenizer(render_prompt(tokenizer, DIALOGUES[0]), add_special_tokens=False, return_tensors="pt")

@@ -126,7 +126,7 @@ def test_missing_repo_and_malformed_ids(hub_server, output_dir):
         resolve_adapter("bad--name/adapter")
     with pytest.raises(HubError, match=r"^invalid repo id 'a/b/c': "):
         push_folder(output_dir, "a/b/c", token=TOKEN)
-    with pytest.raises(HubError, match="^missing-dir is neither an existing local directory nor a Hub repo id"):
+    with pytest.raises(HubError, match="^adapter directory not found: missing-dir \\(nor is it a Hub repo id"):
         resolve_adapter("missing-dir")
 
 
@@ -159,7 +159,9 @@ def test_unreachable_hub_is_one_clear_line(hub_server, output_dir, caplog, monke
     with pytest.raises(HubError, match=f"^cannot reach the Hub at {hub_server.url}: ") as push_err:
         push_folder(output_dir, REPO, token=TOKEN)
     assert len(attempts) == 1  # a refused connection is not retried
-    with pytest.raises(HubError, match=f"^cannot reach the Hub at {hub_server.url}: ") as download_err:
+    # A name that is no local directory and cannot be looked up on the Hub: both are said, the directory first.
+    with pytest.raises(HubError, match=f"^adapter directory not found: {REPO}, and the Hub, where it would be a repo "
+                                       f"id, is not reachable \\(cannot reach the Hub at {hub_server.url}: ") as download_err:
         resolve_adapter(REPO, token=TOKEN)
     for err in (push_err.value, download_err.value):
         assert "\n" not in str(err)

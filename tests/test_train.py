@@ -220,6 +220,7 @@ def test_remote_code_is_trusted_only_when_the_recipe_says_so(argv, trusted, tiny
     spy(AutoTokenizer, "from_pretrained")
     spy(AutoConfig, "from_pretrained")
     spy(PreTrainedModel, "from_pretrained", stop=True)
+    monkeypatch.setenv("DIALOGSUM_DEBUG", "1")  # run_cli lets exceptions through: the sentinel reaches the test
 
     with pytest.raises(WeightsReached):
         sft_in_process(capsys, *argv, "--model_name_or_path", tiny_model_dir, "--base_model_hub_id", "org/tiny",

@@ -11,15 +11,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from peft.utils.constants import CONFIG_NAME as ADAPTER_CONFIG
-from peft.utils.constants import SAFETENSORS_WEIGHTS_NAME as ADAPTER_WEIGHTS
 
-from .errors import ModelError, UnreachableError, explain_load_error, is_local_path
+from .errors import (
+    ModelError,
+    UnreachableError,
+    check_model_dir,
+    check_model_source,
+    explain_load_error,
+    is_local_path,
+)
 from .model import load_tokenizer, stop_token_ids
 
 
-__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "Adapter", "check_base_fits", "open_adapter", "read_recipe"]
+__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "Adapter", "check_base_fits", "check_safetensors", "open_adapter",
+           "read_recipe"]
 
+# PEFT's file names (peft.utils.constants CONFIG_NAME and SAFETENSORS_WEIGHTS_NAME; tests/test_generation.py checks
+# they still agree), spelled out so that a bad adapter path fails before PEFT, torch and bitsandbytes load.
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 RECIPE_FILE = "recipe.yaml"
 GENERATION_CONFIG = "generation_config.json"
 # LoRA tensors in a saved adapter: `base_model.model.<module>.lora_A.weight` is (r, in), `lora_B` is (out, r).
@@ -49,8 +59,13 @@ def read_recipe(directory: Path) -> dict:
     path = directory / RECIPE_FILE
     if not path.is_file():
         return {}
-    with open(path, encoding="utf-8") as handle:
-        recipe = yaml.safe_load(handle)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            recipe = yaml.safe_load(handle)
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ModelError(f"{path} is not valid YAML ({problem}): restore the recipe training saved, or remove it and "
+                         "pass --base_model") from err
     return recipe if isinstance(recipe, dict) else {}
 
 
@@ -66,6 +81,8 @@ def open_adapter(
     base_model, source = choose_base_model(recipe, hub_id, base_model)
     # The tokenizer saved with the adapter is the one it trained with (pad token and chat template included).
     has_tokenizer = (directory / "tokenizer_config.json").is_file()
+    check_model_source(base_model, "base model")
+    check_model_dir(base_model, "base model", tokenizer=not has_tokenizer)
     tokenizer = load_tokenizer(str(directory) if has_tokenizer else base_model)
     check_base_fits(base_model, directory, len(tokenizer))
     return Adapter(
@@ -83,14 +100,39 @@ def adapter_base_hub_id(directory: Path) -> str:
     """The base model adapter_config.json names; also checks that the adapter was saved completely."""
     try:
         adapter_config = read_json(directory / ADAPTER_CONFIG)
-    except ValueError as err:
+    except ValueError as err:  # UnicodeDecodeError included
         raise ModelError(f"{directory / ADAPTER_CONFIG} is not valid JSON: {err}") from err
+    if not isinstance(adapter_config, dict):
+        raise ModelError(f"{directory / ADAPTER_CONFIG} is not a PEFT adapter config (a JSON object)")
     hub_id = adapter_config.get("base_model_name_or_path")
     if not hub_id:
         raise ModelError(f"{directory / ADAPTER_CONFIG} names no base_model_name_or_path; pass --base_model")
     if not (directory / ADAPTER_WEIGHTS).is_file():
         raise ModelError(f"{directory} has no {ADAPTER_WEIGHTS}: the adapter was not saved completely")
+    check_safetensors(directory / ADAPTER_WEIGHTS)
     return hub_id
+
+
+def check_safetensors(path: Path) -> None:
+    """Fail with one line unless `path` is a whole safetensors file (a copy or save cut short is not).
+
+    Reads only the header: 8 bytes of length, a JSON table of tensors with their byte ranges, then the data.
+    """
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as handle:
+            header_size = int.from_bytes(handle.read(8), "little")
+            if size < 8 or 8 + header_size > size:
+                raise ValueError("header longer than the file")
+            header = json.loads(handle.read(header_size))
+        data_size = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"),
+                        default=0)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
+        raise ModelError(f"{path} is not a safetensors file ({err}): the adapter was not saved completely; retrain "
+                         "or copy it again") from None
+    if 8 + header_size + data_size > size:
+        raise ModelError(f"{path} is truncated ({size} bytes; its header describes {8 + header_size + data_size}): "
+                         "it was cut short while being saved or copied; retrain or copy it again")
 
 
 def choose_base_model(recipe: dict, hub_id: str, base_model: str | None) -> tuple[str, str]:
@@ -110,7 +152,10 @@ def _generation_config(directory: Path):
         return None
     from transformers import GenerationConfig
 
-    return GenerationConfig.from_pretrained(directory)
+    try:
+        return GenerationConfig.from_pretrained(directory)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{directory / GENERATION_CONFIG} cannot be read: {str(err).splitlines()[0]}") from err
 
 
 def load_base_config(base_model: str):

@@ -7,19 +7,26 @@ with `run_results.json` last, so a crash never leaves a directory that looks fin
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import shutil
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import yaml
 
 from .adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS  # noqa: F401  (artifacts.ADAPTER_CONFIG in tests)
-from .errors import RecipeError
+from .errors import RecipeError, TrainingError, check_output_path
 from .runinfo import run_info
 
 
 FINISHED_MARKER = "run_results.json"
 STAGING_DIR = ".incomplete"
+LOCK_FILE = ".lock"
 
 
 def is_finished_run(output_dir: str) -> bool:
@@ -54,6 +61,70 @@ def check_output_dir(output_dir: str) -> None:
         raise RecipeError(
             f"{output_dir} already holds a finished run ({FINISHED_MARKER}); pass another --output_dir or delete it"
         )
+
+
+@contextmanager
+def hold_output_dir(output_dir: str) -> Iterator[None]:
+    """Create `output_dir` and hold an exclusive lock on it for one training run.
+
+    Creating it first makes an output location that cannot be written fail in a second, before any data or weights
+    load; the lock makes a second run into the same directory fail at once instead of deleting the first one's
+    staging folder mid-save. The kernel drops the lock when the process ends, however it ends (kill -9 included), so
+    a stale lock file never blocks a rerun. A directory this call created and that holds nothing but the lock is
+    removed again, so a run that failed early leaves nothing behind.
+    """
+    check_output_path(output_dir, "output_dir")
+    created = not os.path.isdir(output_dir)
+    handle = _lock(output_dir)
+    try:
+        check_output_dir(output_dir)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        yield
+    finally:
+        if created and os.listdir(output_dir) == [LOCK_FILE]:
+            os.unlink(os.path.join(output_dir, LOCK_FILE))  # while still held: a newcomer then locks a fresh file
+            os.rmdir(output_dir)
+        handle.close()
+
+
+def _lock(output_dir: str):
+    path = os.path.join(output_dir, LOCK_FILE)
+    while True:
+        try:
+            os.makedirs(output_dir, exist_ok=True)
+            handle = open(path, "a+", encoding="utf-8")
+        except OSError as err:
+            where = "is a file" if os.path.isfile(output_dir) else "cannot be created or written"
+            reason = "" if err.errno == errno.EEXIST else f" ({err.strerror})"
+            raise RecipeError(f"output_dir {output_dir} {where}{reason}: pass another --output_dir") from err
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RecipeError(f"output_dir {output_dir} is in use by another training run ({holder}): wait for it "
+                              "to end, or pass another --output_dir") from None
+        try:
+            same_file = os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same_file = False
+        if same_file:
+            return handle
+        handle.close()  # the holder removed the file (and maybe the folder) between our open and our lock: again
+
+
+def check_trained(state) -> None:
+    """Refuse to save a run as finished unless it made every optimizer step it planned (and at least one)."""
+    if state.global_step == 0:
+        raise TrainingError("training made no optimizer step (check num_train_epochs, max_steps and the number of "
+                            "training rows): nothing was saved")
+    if state.global_step < state.max_steps:
+        raise TrainingError(f"training stopped at step {state.global_step} of {state.max_steps}; the run is not "
+                            "saved as finished: rerun the same command to resume from its last checkpoint")
 
 
 def verify_adapter(folder: str) -> int:
@@ -93,6 +164,7 @@ def save_run(trainer, tokenizer, *, recipe: dict, metrics: dict, data_reports: d
     """
     from .model import stop_token_ids
 
+    check_trained(trainer.state)
     output_dir = trainer.args.output_dir
     staging = os.path.join(output_dir, STAGING_DIR)
     if trainer.is_world_process_zero():

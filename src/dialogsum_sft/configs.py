@@ -7,18 +7,17 @@ that no dataclass knows (in the YAML or on the command line) fails at once, nami
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import enum
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import trl
-import yaml
 
+from . import preflight
 from .data import DATASET_HUB_ID
 from .distributed import check_recipe_for_launcher, let_peft_find_adapters_under_fsdp
 from .errors import RecipeError, is_local_path
+from .preflight import load_recipe_file
 
 
 # Keys that must never be written to disk or printed.
@@ -96,6 +95,9 @@ class RecipeParser(trl.TrlParser):
 
     def __init__(self):
         super().__init__(DATACLASSES)
+        # For preflight's check of the raw recipe, next time, before the heavy imports.
+        preflight.save_options({option: action.dest for action in self._actions for option in action.option_strings
+                                if action.dest != "help"})
 
     def error(self, message):  # argparse calls this instead of raising; we want one line, not usage + exit
         raise RecipeError(message)
@@ -104,9 +106,7 @@ class RecipeParser(trl.TrlParser):
         return [action.dest for action in self._actions if action.dest != "help"]
 
     def _unknown_key_error(self, key: str, where: str) -> RecipeError:
-        close = difflib.get_close_matches(key, self.known_keys(), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        return RecipeError(f"unknown key '{key}' {where}{hint}")
+        return preflight.unknown_key_error(key, where, self.known_keys())
 
     def _check_types(self, config: dict[str, Any], path: str) -> None:
         actions = {action.dest: action for action in self._actions}
@@ -170,24 +170,6 @@ class RecipeParser(trl.TrlParser):
         return script_args, training_args, model_args, resolved_recipe(keys, *parsed)
 
 
-def load_recipe_file(path: str) -> dict[str, Any]:
-    if not os.path.isfile(path):
-        raise RecipeError(f"recipe file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            config = yaml.safe_load(handle)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise RecipeError(f"{path} is not valid YAML{where}: {problem}") from err
-    except UnicodeDecodeError as err:
-        raise RecipeError(f"{path} is not UTF-8 text: {err.reason} at byte {err.start}") from err
-    if not isinstance(config, dict):
-        raise RecipeError(f"{path} must be a YAML mapping of keys to values")
-    return config
-
-
 def validate(script_args: ScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> None:
     if not model_args.model_name_or_path:
         raise RecipeError("model_name_or_path is not set: name a Hub id or a local model directory")
@@ -230,7 +212,14 @@ def validate(script_args: ScriptArguments, training_args: SFTConfig, model_args:
         value = getattr(script_args, name)
         if value is not None and value < 1:
             raise RecipeError(f"{name} must be at least 1; got {value}")
+    check_values(training_args, model_args)
     check_recipe_for_launcher(training_args, model_args)
+    if training_args.resume_from_checkpoint:
+        preflight.check_checkpoint(training_args.resume_from_checkpoint)
+
+
+def check_values(training_args: SFTConfig, model_args: ModelConfig) -> None:
+    preflight.check_values(lambda name: getattr(training_args if hasattr(training_args, name) else model_args, name))
 
 
 # Attention implementations that keep padding-free / packed sequences apart: flash attention and this project's

@@ -16,6 +16,7 @@ from .errors import DataError, explain_load_error, looks_like_path
 DATASET_HUB_ID = "knkarthick/dialogsum"
 SPLITS = ("train", "validation", "test")
 REQUIRED_COLUMNS = ("id", "dialogue", "summary")
+TEXT_COLUMNS = ("dialogue", "summary")
 
 SYSTEM_PROMPT = "You are a helpful assistant that writes short, faithful summaries of dialogues."
 # "As the dialogue names them": a DialogSum tag (#Person1#) or a name ("Anna: ..."); training rows with names
@@ -59,27 +60,32 @@ def render_prompt(tokenizer, dialogue: str) -> str:
 
 def load_dialogsum(name_or_dir: str, splits: tuple[str, ...] = SPLITS, token: str | None = None):
     """DialogSum as a DatasetDict, from a local directory of `<split>.jsonl` files or from the Hub."""
-    from datasets import DatasetDict, load_dataset
+    from datasets import Dataset, DatasetDict
 
     if os.path.isdir(name_or_dir):
-        files = {split: os.path.join(name_or_dir, f"{split}.jsonl") for split in splits}
-        missing = [path for path in files.values() if not os.path.isfile(path)]
-        if missing:
-            raise DataError(f"{name_or_dir} has no {', '.join(os.path.basename(p) for p in missing)}")
-        for path in files.values():
-            _check_utf8(path)
-        try:
-            dataset = load_dataset("json", data_files=files)
-        except Exception as err:  # datasets wraps JSON errors in several exception types
-            raise DataError(f"cannot read {name_or_dir} as JSON lines: {_first_line(err)}") from err
+        # Read here, not by datasets' JSON builder: every bad line is reported with its file and number.
+        dataset = {split: Dataset.from_list(rows) for split, rows in check_local_splits(name_or_dir, splits).items()}
     else:
-        if looks_like_path(name_or_dir):  # Hub ids are `name` or `org/name`
-            raise DataError(f"dataset directory not found: {name_or_dir}")
+        check_dataset_source(name_or_dir)
         dataset = _load_from_hub(name_or_dir, splits, token)
     dataset = DatasetDict({split: dataset[split] for split in splits})
     for split, rows in dataset.items():
         validate_rows(rows, split)
     return dataset
+
+
+def check_dataset_source(name: str) -> None:
+    if not os.path.isdir(name) and looks_like_path(name):  # Hub ids are `name` or `org/name`
+        raise DataError(f"dataset directory not found: {name}")
+
+
+def check_local_splits(folder: str, splits) -> dict[str, list[dict]]:
+    """The rows of `<split>.jsonl` in `folder` for each split, every line checked (stdlib only: runs in preflight)."""
+    files = {split: os.path.join(folder, f"{split}.jsonl") for split in splits}
+    missing = [path for path in files.values() if not os.path.isfile(path)]
+    if missing:
+        raise DataError(f"{folder} has no {', '.join(os.path.basename(p) for p in missing)}")
+    return {split: read_jsonl_rows(path, TEXT_COLUMNS, REQUIRED_COLUMNS) for split, path in files.items()}
 
 
 def _load_from_hub(dataset_id: str, splits: tuple[str, ...], token: str | None):
@@ -93,20 +99,6 @@ def _load_from_hub(dataset_id: str, splits: tuple[str, ...], token: str | None):
     if missing:
         raise DataError(f"dataset {dataset_id} has no split(s) {', '.join(missing)}")
     return dataset
-
-
-def _check_utf8(path: str) -> None:
-    with open(path, "rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise DataError(f"{path} line {number} is not UTF-8 ({err.reason}); re-save the file as UTF-8")
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip() or type(err).__name__
-    return text.splitlines()[0]
 
 
 def validate_rows(rows, split: str) -> None:
@@ -137,22 +129,40 @@ def read_dialogues(handle, where: str) -> list[str]:
 
 def read_dialogue_rows(path: str) -> list[dict]:
     """JSON-lines rows, each with a non-empty `dialogue` string."""
+    return read_jsonl_rows(path, ("dialogue",))
+
+
+def read_jsonl_rows(path: str, texts: tuple[str, ...], fields: tuple[str, ...] = ()) -> list[dict]:
+    """The rows of a JSON-lines file, each a JSON object with a non-empty string under every key in `texts` and a
+    value under every key in `fields`; any other line fails naming the file, the line number and what is wrong.
+    """
     rows = []
     try:
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError as err:
-                    raise DataError(f"{path} line {number} is not JSON: {err}") from err
-                dialogue = row.get("dialogue") if isinstance(row, dict) else None
-                if not isinstance(dialogue, str) or not dialogue.strip():
-                    raise DataError(f"{path} line {number} has no non-empty `dialogue` string")
-                rows.append(row)
+        with open(path, "rb") as handle:
+            lines = handle.read().split(b"\n")
     except OSError as err:
         raise DataError(f"cannot read {path}: {err.strerror}") from err
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        where = f"{path} line {number}"
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise DataError(f"{where} is not UTF-8 ({err.reason} at byte {err.start}); re-save the file as UTF-8") \
+                from None
+        except ValueError as err:
+            cut = " (the file ends inside it: was the file cut short?)" if number == len(lines) else ""
+            raise DataError(f"{where} is not valid JSON: {err.msg} at column {err.colno}{cut}") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{where} is a JSON {type(row).__name__}, not an object with {', '.join(texts)}")
+        for key in fields:
+            if key not in row:
+                raise DataError(f"{where} has no `{key}`")
+        for key in texts:
+            if not isinstance(row.get(key), str) or not row[key].strip():
+                raise DataError(f"{where} has no `{key}` text (a non-empty string); fix or remove that row")
+        rows.append(row)
     if not rows:
         raise DataError(f"{path} has no rows")
     return rows

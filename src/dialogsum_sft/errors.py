@@ -8,7 +8,9 @@ same cause chain with `causes`, and no message built here holds the token.
 
 from __future__ import annotations
 
+import argparse
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from typing import Callable
@@ -16,6 +18,8 @@ from typing import Callable
 
 class UserError(Exception):
     """A problem the user can fix; printed as one line, never with a traceback."""
+
+    exit_status = 2
 
 
 class RecipeError(UserError):
@@ -38,15 +42,89 @@ class UnreachableError(UserError):
     """A model or dataset that exists somewhere but cannot be fetched from here (offline, Hub down)."""
 
 
+class TrainingError(UserError):
+    """A training run that cannot be saved as finished (no step made, stopped early)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what schedulers and `kill` send), raised like Ctrl-C so that the same cleanup and message run."""
+
+
+class Interrupted(UserError):
+    """Ctrl-C or SIGTERM; the message says what was interrupted and how to carry on."""
+
+    def __init__(self, message: str, interrupt: KeyboardInterrupt):
+        super().__init__(message)
+        self.exit_status = interrupt_exit_status(interrupt)
+
+
+def signal_name(interrupt: KeyboardInterrupt) -> str:
+    return "SIGTERM" if isinstance(interrupt, Terminated) else "SIGINT (Ctrl-C)"
+
+
+def interrupt_exit_status(interrupt: KeyboardInterrupt) -> int:
+    """128 + the signal number, as shells report a process killed by it."""
+    return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with its usage errors as one `error:` line (argparse prints the usage first, then exits itself)."""
+
+    def __init__(self, description: str | None = None, **kwargs):
+        super().__init__(description=description, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+    def error(self, message):
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "DIALOGSUM_DEBUG"
+# An exception no check anticipated: most likely a bug here or in a library, not the user's input.
+BUG_EXIT_STATUS = 1
+
+
 def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:
+    """Run a script's `main`: every failure ends as one `error:` line on stderr and a non-zero exit status.
+
+    UserError: its message, exit 2. Ctrl-C / SIGTERM: what was interrupted, exit 130 / 143. Any other exception: its
+    type and first line, exit 1, and the way to see the traceback: `--debug` (anywhere on the command line) or
+    DIALOGSUM_DEBUG=1, with which exceptions propagate as Python prints them.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [arg for arg in argv if arg != DEBUG_FLAG]
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         main(argv)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
+        if debug:
+            raise
+        _fail(str(err), err.exit_status)
+    except KeyboardInterrupt as interrupt:
+        if debug:
+            raise
+        _fail(f"interrupted by {signal_name(interrupt)}", interrupt_exit_status(interrupt))
+    except Exception as err:
+        if debug:
+            raise
+        text = (str(err).strip().splitlines() or [""])[0]
+        _fail(f"unexpected {type(err).__name__}{': ' + text if text else ''} (a bug, not your input, unless the "
+              f"message says otherwise; rerun with {DEBUG_FLAG} for the traceback and report it)", BUG_EXIT_STATUS)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _fail(message: str, status: int) -> None:
+    # A progress bar cut short (training, generation) leaves stderr mid-line: close it so the error is a line.
+    tqdm = sys.modules.get("tqdm.std")
+    for bar in list(tqdm.tqdm._instances) if tqdm else ():
+        bar.close()
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(status)
 
 
 def looks_like_path(name: str) -> bool:
@@ -91,6 +169,8 @@ def model_source_error(name: str, what: str = "model") -> ModelError | None:
 
     if os.path.isdir(os.path.expanduser(name)):
         return None
+    if os.path.isfile(os.path.expanduser(name)):
+        return ModelError(f"{what} {name} is a file: give the directory that holds config.json and the weights")
     if name.startswith((".", "/", "~")):
         hint = "run `make model` to build the embedded SmolLM2 checkpoint" if "SmolLM2" in name else (
             "check the path, or give a Hub id such as org/name"
@@ -106,6 +186,50 @@ def model_source_error(name: str, what: str = "model") -> ModelError | None:
             "model directory or a Hub id such as org/name"
         )
     return None
+
+
+def check_output_path(path: str | os.PathLike, option: str, directory: bool = True) -> None:
+    """Fail at once, naming `option`, when `path` (a directory, or a file) cannot be written; creates nothing.
+
+    Run before any long work, so that hours of training or generation never end on an unwritable location.
+    """
+    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    if os.path.exists(path):
+        if directory != os.path.isdir(path):
+            kind = "a file, not a directory" if directory else "a directory, not a file"
+            raise UserError(f"{option} {path} is {kind}: pass another {option}")
+        if not os.access(path if directory else os.path.dirname(path), os.W_OK):
+            raise UserError(f"{option} {path} is not writable: pass another {option}")
+        return
+    ancestor = os.path.dirname(path)
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise UserError(f"{option} {path} cannot be created: {ancestor} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK):
+        raise UserError(f"{option} {path} cannot be created: {ancestor} is not writable")
+    longest = os.pathconf(ancestor, "PC_NAME_MAX")
+    if any(len(part.encode()) > longest for part in path[len(ancestor):].split(os.sep)):
+        raise UserError(f"{option} {path} cannot be created: a name in it is longer than {longest} bytes")
+
+
+# What `save_pretrained` writes: a config, weights (one file or shards with an index) and, for a tokenizer, one of these.
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def check_model_dir(path: str, what: str = "model", tokenizer: bool = True) -> None:
+    """For a local model directory, fail naming the file it lacks (else transformers' errors blame sentencepiece)."""
+    if not os.path.isdir(os.path.expanduser(path)):
+        return
+    names = os.listdir(os.path.expanduser(path))
+    hint = " (run `make model` to rebuild it)" if "SmolLM2" in path else ""
+    if "config.json" not in names:
+        raise ModelError(f"{what} directory {path} has no config.json: it is not a saved model{hint}")
+    if tokenizer and not any(name in names for name in TOKENIZER_FILES):
+        raise ModelError(f"{what} directory {path} has no tokenizer ({', '.join(TOKENIZER_FILES)}){hint}")
+    if not any(name.endswith(WEIGHT_SUFFIXES) for name in names):
+        raise ModelError(f"{what} directory {path} has no weights (*.safetensors or *.bin){hint}")
 
 
 def check_model_source(name: str, what: str = "model") -> None:

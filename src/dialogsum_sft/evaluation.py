@@ -112,6 +112,8 @@ def evaluate(
     rows = load_rows(dataset_name, split, max_samples)
     if named_speakers:
         rows = named_variant(rows)
+    logger.info(f"{len(rows)} {split} dialogues from {dataset_name}; base model: {adapter.base_model} "
+                f"({adapter.base_model_source})")
     dialogues = [row["dialogue"] for row in rows]
     tuned = tuned_settings(adapter.recipe, options.weights, options.dtype)
     predictions, timing = {"base": None}, {}

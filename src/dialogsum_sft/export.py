@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from .data import CHAT_TEMPLATE_KWARGS, SYSTEM_PROMPT
-from .errors import UserError
+from .errors import UserError, check_output_path
 from .model import end_of_turn_token_id
 
 
@@ -254,6 +254,7 @@ def export(
     if unknown or not formats:
         raise ExportError(f"unknown export format {', '.join(unknown) or '(none)'}: choose from {', '.join(FORMATS)}")
     formats = list(dict.fromkeys(formats))
+    check_output_path(output_dir, "--output_dir")
     if (output_dir / MANIFEST).is_file():
         raise ExportError(f"{output_dir} already holds a finished export: choose another --output_dir")
     if output_dir.exists() and any(output_dir.iterdir()):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx2
 from huggingface_hub import HfApi, constants, snapshot_download
-from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects, validate_repo_id
 
 from .adapters import ADAPTER_CONFIG
@@ -85,10 +85,20 @@ def resolve_adapter(name_or_path: str | Path, *, token: str | None = None, revis
         return _check_adapter_dir(path, f"local directory {path}")
     repo_id = str(name_or_path)
     if looks_like_path(repo_id) or "/" not in repo_id:
-        raise HubError(f"{repo_id} is neither an existing local directory nor a Hub repo id (namespace/name)")
-    with _hub_errors(repo_id, constants.ENDPOINT, token, access="read"):
-        validate_repo_id(repo_id)
-        folder = snapshot_download(repo_id, revision=revision, token=token)
+        raise HubError(f"adapter directory not found: {repo_id} (nor is it a Hub repo id, namespace/name)")
+    parent = Path(repo_id.split("/")[0]).expanduser()
+    if parent.is_dir():  # `outputs/nope` next to an `outputs` folder is a mistyped path, not a Hub id
+        raise HubError(f"adapter directory not found: {repo_id} ({parent} has no {path.name}; check the path)")
+    try:
+        with _hub_errors(repo_id, constants.ENDPOINT, token, access="read"):
+            validate_repo_id(repo_id)
+            folder = snapshot_download(repo_id, revision=revision, token=token)
+    except HubError as err:
+        if not any(isinstance(exc, (httpx2.TransportError, ConnectionError, LocalEntryNotFoundError))
+                   for exc in causes(err)):
+            raise
+        raise HubError(f"adapter directory not found: {repo_id}, and the Hub, where it would be a repo id, is not "
+                       f"reachable ({err})") from err
     where = f"repository {repo_id}" + (f" at revision {revision}" if revision else "")
     return _check_adapter_dir(Path(folder), where)
 
