@@ -54,7 +54,13 @@ def train(script_args, training_args, model_args, recipe):
 
     from dialogsum_sft import artifacts
     from dialogsum_sft.attention import register_varlen_attention
-    from dialogsum_sft.configs import base_model_hub_id, check_attention_for_packing, check_gpu, prepare_trainer_args
+    from dialogsum_sft.configs import (
+        base_model_hub_id,
+        check_attention_for_packing,
+        check_gpu,
+        check_liger,
+        prepare_trainer_args,
+    )
     from dialogsum_sft.model import load_tokenizer
     from dialogsum_sft.speakers import name_speakers_in_rows
     from dialogsum_sft.trainer import QLoRASFTTrainer
@@ -69,6 +75,7 @@ def train(script_args, training_args, model_args, recipe):
     check_attention_for_packing(training_args, model_args)
     if not script_args.dry_run:
         check_gpu(script_args.require_gpu)
+        check_liger(training_args.use_liger_kernel)
     notes = []
 
     ###################

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig, 
 
 from dialogsum_sft import fused_lora
 from dialogsum_sft.attention import VARLEN_ATTENTION, register_varlen_attention
-from dialogsum_sft.configs import parse_recipe
+from dialogsum_sft.configs import check_liger, parse_recipe
 from dialogsum_sft.errors import RecipeError
 from helpers import sft_in_process
 
@@ -236,13 +236,14 @@ def test_recipe_checks():
 
 
 def test_liger_check_names_the_missing_piece():
+    assert parse_recipe([*RECIPE, "--use_liger_kernel", "true"])[1].use_liger_kernel  # parses anywhere
     try:
         import liger_kernel.transformers  # noqa: F401
     except ImportError:
         with pytest.raises(RecipeError, match="use_liger_kernel: true needs liger-kernel and Triton"):
-            parse_recipe([*RECIPE, "--use_liger_kernel", "true"])
+            check_liger(True)
     else:
-        assert parse_recipe([*RECIPE, "--use_liger_kernel", "true"])[1].use_liger_kernel
+        check_liger(True)
 
 
 def test_sft_script_trains_the_same_adapter_on_the_fused_path(tmp_path, capsys, caplog, tiny_model_dir,

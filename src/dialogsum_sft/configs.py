@@ -202,12 +202,6 @@ def validate(script_args: ScriptArguments, training_args: SFTConfig, model_args:
         if model_args.lora_dropout or model_args.use_dora:
             raise RecipeError("fused_lora: true needs lora_dropout: 0 and use_dora: false "
                               f"(got lora_dropout {model_args.lora_dropout}, use_dora {model_args.use_dora})")
-    if training_args.use_liger_kernel and not script_args.dry_run:  # an environment check, like check_gpu
-        try:
-            import liger_kernel.transformers  # noqa: F401  (needs Triton, hence a CUDA machine)
-        except ImportError as err:
-            raise RecipeError(f"use_liger_kernel: true needs liger-kernel and Triton (pip install '.[gpu]' on a "
-                              f"CUDA machine): {err}") from err
     for name in ("max_train_samples", "max_eval_samples"):
         value = getattr(script_args, name)
         if value is not None and value < 1:
@@ -260,6 +254,17 @@ def check_gpu(require_gpu: bool) -> None:
             "this recipe needs a CUDA GPU (require_gpu: true) and none is visible; on CPU use "
             "recipes/smollm2-135m.yaml, or pass --require_gpu false to try anyway"
         )
+
+
+def check_liger(use_liger_kernel: bool) -> None:
+    """An environment check like check_gpu (a GPU recipe still parses on a CPU machine): Liger needs Triton."""
+    if not use_liger_kernel:
+        return
+    try:
+        import liger_kernel.transformers  # noqa: F401  (needs Triton, hence a CUDA machine)
+    except ImportError as err:
+        raise RecipeError(f"use_liger_kernel: true needs liger-kernel and Triton (pip install '.[gpu]' on a "
+                          f"CUDA machine): {err}") from err
 
 
 def prepare_trainer_args(training_args: SFTConfig, model_args: ModelConfig) -> None:
