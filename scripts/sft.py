@@ -13,16 +13,8 @@ import sys
 
 import yaml
 
-from dialogsum_sft.data import format_report, load_dialogsum, prepare_for_training
-from dialogsum_sft.errors import (
-    Interrupted,
-    UnreachableError,
-    check_model_dir,
-    check_model_source,
-    explain_load_error,
-    run_cli,
-    signal_name,
-)
+from dialogsum_sft.data import format_report, load_dialogsum, prepare_training_splits
+from dialogsum_sft.errors import UnreachableError, check_model_dir, check_model_source, explain_load_error, run_cli
 from dialogsum_sft.logs import setup_logging
 from dialogsum_sft.preflight import check_recipe_argv
 
@@ -62,7 +54,6 @@ def train(script_args, training_args, model_args, recipe):
         prepare_trainer_args,
     )
     from dialogsum_sft.model import load_tokenizer
-    from dialogsum_sft.speakers import name_speakers_in_rows
     from dialogsum_sft.trainer import QLoRASFTTrainer
     from dialogsum_sft.training_rouge import TrainingRouge
 
@@ -93,17 +84,9 @@ def train(script_args, training_args, model_args, recipe):
             raise
         notes.append(f"note: {err}")
         dataset = tokenizer = None
-    limits = {script_args.dataset_train_split: script_args.max_train_samples,
-              script_args.dataset_test_split: script_args.max_eval_samples}
-    reports = {}
-    rouge_rows = None  # the eval split as loaded, for ROUGE while training (prepare_for_training converts it)
+    reports, rouge_rows = {}, None
     if dataset is not None and tokenizer is not None:
-        if training_args.rouge_eval_samples:
-            rouge_rows = dataset[script_args.dataset_test_split]
-        train_split = script_args.dataset_train_split
-        dataset[train_split] = name_speakers_in_rows(dataset[train_split], script_args.named_speakers_fraction,
-                                                     training_args.seed)
-        reports = prepare_for_training(dataset, tokenizer, limits, training_args.max_length)
+        reports, rouge_rows = prepare_training_splits(dataset, tokenizer, script_args, training_args)
 
     if script_args.dry_run:
         print(yaml.safe_dump({"recipe": recipe, "base_model_hub_id": hub_id}, sort_keys=False).rstrip())
@@ -135,19 +118,9 @@ def train(script_args, training_args, model_args, recipe):
         trainer.training_rouge = TrainingRouge.for_trainer(trainer, rouge_rows)
 
     ###################
-    # 4. Train, resuming from the last complete checkpoint of an interrupted run
+    # 4. Train, resuming from the last complete checkpoint of an interrupted run (an interruption says how to resume)
     ###################
-    checkpoint = training_args.resume_from_checkpoint or artifacts.last_complete_checkpoint(training_args.output_dir)
-    if checkpoint:
-        logger.info(f"resuming from {checkpoint}")
-    try:
-        train_result = trainer.train(resume_from_checkpoint=checkpoint)
-    except KeyboardInterrupt as interrupt:
-        last = artifacts.last_complete_checkpoint(training_args.output_dir)
-        resume = f"rerun the same command to resume from {last}" if last else (
-            "no checkpoint was complete yet, so a rerun of the same command starts over")
-        raise Interrupted(f"training interrupted by {signal_name(interrupt)} at step {trainer.state.global_step}: "
-                          f"{resume}", interrupt) from None
+    train_result = artifacts.train_resuming(trainer)
     metrics = {**train_result.metrics, "train_samples": len(dataset[script_args.dataset_train_split])}
     if trainer.eval_dataset is not None:
         metrics.update(trainer.evaluate())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import logging
 import os
 import shutil
 import socket
@@ -20,8 +21,11 @@ from contextlib import contextmanager
 import yaml
 
 from .adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS  # noqa: F401  (artifacts.ADAPTER_CONFIG in tests)
-from .errors import RecipeError, TrainingError, check_output_path
+from .errors import Interrupted, RecipeError, TrainingError, check_output_path, signal_name
 from .runinfo import run_info
+
+
+logger = logging.getLogger(__name__)
 
 
 FINISHED_MARKER = "run_results.json"
@@ -115,6 +119,23 @@ def _lock(output_dir: str):
         if same_file:
             return handle
         handle.close()  # the holder removed the file (and maybe the folder) between our open and our lock: again
+
+
+def train_resuming(trainer):
+    """trainer.train(), resuming from the last complete checkpoint of an interrupted run; an interruption (SIGINT,
+    SIGTERM) becomes one line that says how to resume."""
+    output_dir = trainer.args.output_dir
+    checkpoint = trainer.args.resume_from_checkpoint or last_complete_checkpoint(output_dir)
+    if checkpoint:
+        logger.info(f"resuming from {checkpoint}")
+    try:
+        return trainer.train(resume_from_checkpoint=checkpoint)
+    except KeyboardInterrupt as interrupt:
+        last = last_complete_checkpoint(output_dir)
+        resume = f"rerun the same command to resume from {last}" if last else (
+            "no checkpoint was complete yet, so a rerun of the same command starts over")
+        raise Interrupted(f"training interrupted by {signal_name(interrupt)} at step {trainer.state.global_step}: "
+                          f"{resume}", interrupt) from None
 
 
 def check_trained(state) -> None:

@@ -32,7 +32,8 @@ from .model import end_of_turn_token_id
 logger = logging.getLogger(__name__)
 
 LLAMA_CPP_PYTHON = "0.3.36"  # llama-cpp-python sdist whose vendor/llama.cpp provides converter and sources
-LLAMA_CPP_DIR = Path(".cache") / "llama.cpp"
+# DIALOGSUM_LLAMA_CPP_DIR moves it out of the checkout, so fresh clones on one machine (CI) share one build.
+LLAMA_CPP_DIR = Path(os.environ.get("DIALOGSUM_LLAMA_CPP_DIR", Path(".cache") / "llama.cpp"))
 # The converter imports sentencepiece before it looks for a tokenizer.model; installed next to it, not in the venv.
 CONVERTER_DEPS = ("sentencepiece>=0.1.98,<0.3",)
 BINARIES = ("llama-completion", "llama-quantize")
