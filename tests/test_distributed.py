@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 
+import accelerate.utils.launch as accelerate_launch
 import pytest
 import torch
 import yaml
@@ -64,8 +65,12 @@ def test_config_loads_with_accelerates_own_loader(name):
     assert config.mixed_precision == "bf16" and not config.use_cpu
 
 
-def test_single_gpu_shows_the_run_one_gpu():
+def test_single_gpu_shows_the_run_one_gpu(monkeypatch):
     # TRL's device_map="auto" for one process would otherwise spread the model over every visible GPU.
+    # accelerate >= 1.16 exports the visible-devices variable of the accelerator it finds: pretend a CUDA machine.
+    if hasattr(accelerate_launch, "get_torch_accelerator_backend"):
+        monkeypatch.setattr(accelerate_launch, "get_torch_accelerator_backend",
+                            lambda check_available=True: ("cuda", torch.cuda))
     assert launcher_env("single_gpu.yaml")["CUDA_VISIBLE_DEVICES"] == "0"
 
 
