@@ -21,12 +21,14 @@ from helpers import run_script
 
 QWEN = embedded.get_model("qwen2.5-coder-1.5b")
 STEM = "Qwen2.5-Coder-1.5B-Instruct-dialogsum"
-SCALARS = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUF value type -> bytes
-STRING, ARRAY = 8, 9
 
 
 def gguf_header_only(part: bytes) -> bytes:
-    """The metadata of the GGUF that `part` starts with, as a GGUF of its own with no tensors."""
+    """The metadata of the GGUF that `part` starts with, as a GGUF of its own with no tensors (GGUFReader reads
+    only whole files: the tensors it maps lie in the other parts)."""
+    from gguf import GGUFReader, GGUFValueType
+
+    STRING, ARRAY = GGUFValueType.STRING, GGUFValueType.ARRAY
     n_metadata = struct.unpack_from("<Q", part, 16)[0]
     offset = 24
 
@@ -35,17 +37,18 @@ def gguf_header_only(part: bytes) -> bytes:
             return offset + 8 + struct.unpack_from("<Q", part, offset)[0]
         if value_type == ARRAY:
             item_type, count = struct.unpack_from("<IQ", part, offset)
+            item_type = GGUFValueType(item_type)
             offset += 12
             if item_type != STRING:
-                return offset + count * SCALARS[item_type]
+                return offset + count * GGUFReader.gguf_scalar_to_np[item_type]().itemsize
             for _ in range(count):
                 offset = skip(STRING, offset)
             return offset
-        return offset + SCALARS[value_type]
+        return offset + GGUFReader.gguf_scalar_to_np[value_type]().itemsize
 
     for _ in range(n_metadata):
         offset = skip(STRING, offset)  # the key
-        offset = skip(struct.unpack_from("<I", part, offset)[0], offset + 4)
+        offset = skip(GGUFValueType(struct.unpack_from("<I", part, offset)[0]), offset + 4)
     header = part[:8] + struct.pack("<QQ", 0, n_metadata) + part[24:offset]
     return header + b"\0" * (-len(header) % 32)
 
