@@ -3,6 +3,7 @@
 # SmolLM2 (recipes/smollm2-135m-gpu.yaml, 60 steps, a checkpoint at step 30), saves, has its saved adapter compared
 # with the adapter the rank held in memory, and is scored on the first 100 validation dialogues.
 #   bash scripts/gpu_distributed.sh DIALOGSUM_DIR RESULTS_DIR [CONFIG ...]    (default: ddp fsdp_qlora zero2 zero3)
+# FSDP and ZeRO-3 train on PEFT's LoRA path (--fused_lora false), DDP and ZeRO-2 on the recipe's fused path.
 # Writes RESULTS_DIR/summary.json and summary.md (tokens/s, peak memory, adapter check, ROUGE per config) and the
 # last lines of each failed step's log. About 1-1.5 min per config on an H100/H200.
 set -uo pipefail
@@ -64,10 +65,13 @@ for config in $configs; do
   run=outputs/gpu-distributed-$config
   probe=$probes/$config
   rm -rf "$run" && mkdir -p "$probe"
+  engine_args=()  # FSDP and ZeRO-3 shard the LoRA weights the fused path reads: the recipe check asks for PEFT's path
+  case $config in fsdp*|zero3*) engine_args=(--fused_lora false) ;; esac
   start=$(date +%s)
   PROBE_DIR=$probe python -m accelerate.commands.launch --config_file "accelerate_configs/$config.yaml" --num_processes 1 \
     "$probes/probe.py" scripts/sft.py recipes/smollm2-135m-gpu.yaml --dataset_name "$data" --report_to none \
-    --max_steps 60 --eval_strategy no --load_best_model_at_end false --rouge_eval_samples 0 --metric_for_best_model loss --save_steps 30 --output_dir "$run" >"$probe/train.log" 2>&1
+    --max_steps 60 --eval_strategy no --load_best_model_at_end false --rouge_eval_samples 0 --metric_for_best_model loss --save_steps 30 --output_dir "$run" "${engine_args[@]}" \
+    >"$probe/train.log" 2>&1
   echo "$config: train exit $? after $(( $(date +%s) - start )) s"
   if [ -f "$run/run_results.json" ]; then
     python scripts/evaluate.py "$run" --dataset "$data" --split validation --no_base --max_samples 100 \

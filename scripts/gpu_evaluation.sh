@@ -6,15 +6,15 @@
 #   - the validation split with named speakers (--named_speakers): the invented-speaker share, target < 1%;
 #   - the test split again, fine-tuned only, with --decoding static and continuous: seconds, and whether the
 #     summaries equal the dynamic ones (decoding.json).
-# PART (default all): "quality" trains and scores the test and named splits (about 6 min), "decoding" scores the
-# decodings of the run "quality" left in outputs/ (about 3 min; same machine, still warm). At most 8 files land in
-# RESULTS_DIR per part.
+# PART (default all): "quality" trains and scores the test and named splits (about 6 min), "decoding" times the
+# fine-tuned test summaries by each decoding, dynamic first (about 3 min), of the run "quality" left in outputs/
+# (same machine, still warm) or of the training output dir RUN names. At most 8 files land in RESULTS_DIR per part.
 #   bash scripts/gpu_evaluation.sh DIALOGSUM_DIR RESULTS_DIR [quality|decoding|all]
 set -euo pipefail
 data=${1:?DialogSum directory}
 results=${2:?results directory}
 part=${3:-all}
-run=outputs/smollm2-135m-gpu-evaluation
+run=${RUN:-outputs/smollm2-135m-gpu-evaluation}
 mkdir -p "$results" outputs
 start=$(date +%s)
 evaluate() {  # output dir name, then evaluate.py options
@@ -46,6 +46,7 @@ print('ROUGE while training:', [(e['step'], e.get('eval_rouge2'), e.get('eval_ro
 "
 fi
 [ "$part" = quality ] && { echo "all done in $(( $(date +%s) - start )) s"; exit 0; }
+evaluate eval-test-dynamic --split test --no_base --decoding dynamic
 evaluate eval-test-static --split test --no_base --decoding static
 evaluate eval-test-continuous --split test --no_base --decoding continuous
 python - "$run" "$results/decoding.json" <<'EOF'
@@ -55,9 +56,9 @@ run, out = sys.argv[1:]
 def load(name):
     rows = [json.loads(line) for line in open(f"{run}/{name}/predictions.jsonl", encoding="utf-8")]
     return rows, json.load(open(f"{run}/{name}/eval_results.json", encoding="utf-8"))
-reference, reference_metrics = load("eval-test")
+reference, reference_metrics = load("eval-test-dynamic")
 summary = {}
-for decoding, name in (("dynamic", "eval-test"), ("static", "eval-test-static"), ("continuous", "eval-test-continuous")):
+for decoding, name in (("dynamic", "eval-test-dynamic"), ("static", "eval-test-static"), ("continuous", "eval-test-continuous")):
     rows, metrics = load(name)
     summary[decoding] = {
         "identical_summaries": sum(a["tuned"] == b["tuned"] for a, b in zip(rows, reference)),
