@@ -3,7 +3,7 @@ import json
 import matplotlib.image
 import pytest
 
-from dialogsum_sft.plots import plot_benchmark, plot_loss, plot_rouge
+from dialogsum_sft.plots import plot_benchmark, plot_loss, plot_loss_overlay, plot_rouge
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -83,3 +83,18 @@ def test_plot_loss_adds_a_rouge_panel_when_training_logged_rouge(tmp_path):
     plain = matplotlib.image.imread(plot_loss(trainer_state(), tmp_path / "plain.png"))
     with_rouge = matplotlib.image.imread(plot_loss(state, tmp_path / "rouge.png"))
     assert with_rouge.shape[1] > 1.5 * plain.shape[1]  # a second panel beside the loss
+
+
+def test_plot_loss_overlay_draws_one_curve_per_run(tmp_path):
+    other = trainer_state()
+    for entry in other["log_history"]:
+        if "loss" in entry:
+            entry["loss"] += 0.5
+    one = matplotlib.image.imread(plot_loss_overlay({"a": trainer_state()}, tmp_path / "one.png"))
+    two = matplotlib.image.imread(plot_loss_overlay({"a": trainer_state(), "b": other}, tmp_path / "two.png"))
+    assert one.shape == two.shape and (one != two).any()  # the second run's curve and legend entry
+
+
+def test_plot_loss_overlay_without_train_loss_fails_clearly(tmp_path):
+    with pytest.raises(ValueError, match="no 'loss' entries"):
+        plot_loss_overlay({"a": {"log_history": [{"eval_loss": 2.0, "step": 5}]}}, tmp_path / "x.png")

@@ -16,15 +16,7 @@ def plot_loss(trainer_state: dict | str | os.PathLike, out_png: str | os.PathLik
 
     When the run logged ROUGE while training (`eval_rouge1` ..., training_rouge.py) a second panel shows it.
     """
-    if isinstance(trainer_state, dict):
-        state, source = trainer_state, "trainer state"
-    else:
-        source = os.fspath(trainer_state)
-        with open(source, encoding="utf-8") as handle:
-            state = json.load(handle)
-    history = state.get("log_history") if isinstance(state, dict) else None
-    if not isinstance(history, list):
-        raise ValueError(f"{source} has no log_history list; is it a Trainer's trainer_state.json?")
+    history, source = _log_history(trainer_state)
     # "loss" entries are the logging_steps averages; the final summary entry says "train_loss" and is left out.
     train = [(entry["step"], entry["loss"]) for entry in history if "loss" in entry and "step" in entry]
     evals = [(entry["step"], entry["eval_loss"]) for entry in history if "eval_loss" in entry and "step" in entry]
@@ -59,6 +51,37 @@ def plot_loss(trainer_state: dict | str | os.PathLike, out_png: str | os.PathLik
         ax.grid(alpha=0.3)
         ax.legend()
     return _save(fig, out_png)
+
+
+def plot_loss_overlay(trainer_states: dict[str, dict | str | os.PathLike], out_png: str | os.PathLike) -> str:
+    """The train-loss curves of several runs on one axis, labelled by the dict's keys (e.g. two LoRA code paths)."""
+    fig, ax = _figure((7, 4.2))
+    for label, trainer_state in trainer_states.items():
+        history, source = _log_history(trainer_state)
+        train = [(entry["step"], entry["loss"]) for entry in history if "loss" in entry and "step" in entry]
+        if not train:
+            raise ValueError(f"nothing to plot: {source} log_history has no 'loss' entries")
+        ax.plot(*zip(*train), label=label, linewidth=1.5)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("train loss (cross-entropy on summary tokens)")
+    ax.set_title("Train loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, out_png)
+
+
+def _log_history(trainer_state: dict | str | os.PathLike) -> tuple[list, str]:
+    """A Trainer state's log_history (from a dict or a trainer_state.json path) and how to name it in errors."""
+    if isinstance(trainer_state, dict):
+        state, source = trainer_state, "trainer state"
+    else:
+        source = os.fspath(trainer_state)
+        with open(source, encoding="utf-8") as handle:
+            state = json.load(handle)
+    history = state.get("log_history") if isinstance(state, dict) else None
+    if not isinstance(history, list):
+        raise ValueError(f"{source} has no log_history list; is it a Trainer's trainer_state.json?")
+    return history, source
 
 
 def plot_rouge(metrics: dict, out_png: str | os.PathLike) -> str:
