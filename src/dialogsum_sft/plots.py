@@ -36,20 +36,12 @@ def plot_loss(trainer_state: dict | str | os.PathLike, out_png: str | os.PathLik
         ax.plot(*zip(*train), label="train loss", color="tab:blue", linewidth=1.5)
     if evals:
         ax.plot(*zip(*evals), label="eval loss", color="tab:orange", marker="o", linewidth=1.5)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (cross-entropy on summary tokens)")
-    ax.set_title("Training and evaluation loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    _label_step_axes(ax, "loss (cross-entropy on summary tokens)", "Training and evaluation loss")
     if rouge:
         ax = fig.add_subplot(1, 2, 2)
         for rouge_type, points in rouge.items():
             ax.plot(*zip(*points), label=ROUGE_NAMES[rouge_type], marker="o", linewidth=1.5)
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel("F-measure x100, mean over references")
-        ax.set_title("ROUGE of generated summaries while training")
-        ax.grid(alpha=0.3)
-        ax.legend()
+        _label_step_axes(ax, "F-measure x100, mean over references", "ROUGE of generated summaries while training")
     return _save(fig, out_png)
 
 
@@ -62,12 +54,16 @@ def plot_loss_overlay(trainer_states: dict[str, dict | str | os.PathLike], out_p
         if not train:
             raise ValueError(f"nothing to plot: {source} log_history has no 'loss' entries")
         ax.plot(*zip(*train), label=label, linewidth=1.5)
+    _label_step_axes(ax, "train loss (cross-entropy on summary tokens)", "Train loss")
+    return _save(fig, out_png)
+
+
+def _label_step_axes(ax, ylabel: str, title: str) -> None:
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("train loss (cross-entropy on summary tokens)")
-    ax.set_title("Train loss")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, out_png)
 
 
 def _log_history(trainer_state: dict | str | os.PathLike) -> tuple[list, str]:
